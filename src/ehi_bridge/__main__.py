@@ -1,0 +1,3 @@
+from ehi_bridge.cli import app
+
+app()

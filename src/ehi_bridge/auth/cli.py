@@ -1,0 +1,5 @@
+"""`ehi-bridge auth …` commands."""
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="auth commands")

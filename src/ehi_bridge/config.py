@@ -1,0 +1,117 @@
+"""Settings, read from environment variables (prefix ``EHI_``) and an optional ``.env`` file."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Mode = Literal["test", "live"]
+MODES: tuple[Mode, ...] = ("test", "live")
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Secrets are ``SecretStr`` so they never print."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EHI_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    data_dir: Path = Path("./data")
+    database_url: str | None = None
+    dbos_database_url: str | None = Field(
+        default=None, description="DBOS system database; default: beside the app database"
+    )
+    executor_id: str = Field(
+        default="local", description="Stable and unique per process for DBOS recovery"
+    )
+    app_version: str = Field(default="", description="Pinned DBOS application version")
+
+    test_webhook_secrets: Annotated[list[SecretStr], NoDecode] = []
+    live_webhook_secrets: Annotated[list[SecretStr], NoDecode] = []
+    test_public_id: str = ""
+    test_private_key: SecretStr = SecretStr("")
+    live_public_id: str = ""
+    live_private_key: SecretStr = SecretStr("")
+    fasten_api_url: str = "https://api.connect.fastenhealth.com/v1"
+    fasten_auth_scheme: Literal["basic", "bearer"] = "basic"
+    download_allowed_hosts: Annotated[list[str], NoDecode] = []
+
+    webhook_max_body_bytes: int = 1024 * 1024
+    webhook_tolerance_seconds: int = 300
+    event_max_attempts: int = 5
+    event_retry_interval_seconds: float = 1.0
+
+    auto_request_export: bool = True
+    export_deadline_minutes: int = 30
+    export_deadline_minutes_by_platform: dict[str, int] = {"epic": 60}
+    export_file_lifetime_hours: int = 24
+    rerequest_expired_exports: bool = True
+    revoked_records: Literal["keep", "purge"] = "keep"
+
+    alert_slack_webhook_url: SecretStr | None = None
+    alert_http_url: str | None = None
+    alert_http_secret: SecretStr | None = None
+    downstream_url: str | None = None
+    downstream_secret: SecretStr | None = None
+
+    session_secret: SecretStr | None = None
+    connect_link_secret: SecretStr | None = None
+    public_base_url: str = "http://127.0.0.1:8000"
+
+    log_json: bool = False
+    log_level: str = "INFO"
+
+    @field_validator(
+        "test_webhook_secrets", "live_webhook_secrets", "download_allowed_hosts", mode="before"
+    )
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'ehi-bridge.sqlite3').resolve()}"
+
+    @cached_property
+    def resolved_dbos_database_url(self) -> str:
+        if self.dbos_database_url:
+            return self.dbos_database_url
+        url = self.resolved_database_url
+        if url.startswith("sqlite"):
+            return url.rsplit(".", 1)[0] + ".dbos.sqlite3"
+        return url
+
+    def webhook_secrets(self, mode: Mode) -> list[str]:
+        secrets = self.test_webhook_secrets if mode == "test" else self.live_webhook_secrets
+        return [s.get_secret_value() for s in secrets]
+
+    def credentials(self, mode: Mode) -> tuple[str, str]:
+        if mode == "test":
+            return self.test_public_id, self.test_private_key.get_secret_value()
+        return self.live_public_id, self.live_private_key.get_secret_value()
+
+    def allowed_download_hosts(self) -> set[str]:
+        from urllib.parse import urlsplit
+
+        hosts = {h.lower() for h in self.download_allowed_hosts}
+        api_host = urlsplit(self.fasten_api_url).hostname
+        if api_host:
+            hosts.add(api_host.lower())
+        return hosts
+
+    def export_deadline_minutes_for(self, platform_type: str | None) -> int:
+        return self.export_deadline_minutes_by_platform.get(
+            (platform_type or "").lower(), self.export_deadline_minutes
+        )

@@ -1,0 +1,5 @@
+"""`ehi-bridge records …` commands."""
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="records commands")

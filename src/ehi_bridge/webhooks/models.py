@@ -1,0 +1,43 @@
+"""The inbox: every verified Fasten delivery, stored raw before it is answered."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from ehi_bridge.db.base import Base, BigIntPK, UTCDateTime
+
+
+class InboxStatus:
+    RECEIVED = "received"  # committed, not yet handed to background processing
+    QUEUED = "queued"  # a durable workflow owns it
+    APPLIED = "applied"
+    IGNORED = "ignored"  # unknown type: stored, nothing to apply
+    PARKED = "parked"  # failed after the allowed attempts; replay from the API/CLI
+
+    ALL = (RECEIVED, QUEUED, APPLIED, IGNORED, PARKED)
+
+
+class InboxEvent(Base):
+    __tablename__ = "inbox_events"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(255), unique=True)
+    webhook_id: Mapped[str] = mapped_column(String(255))
+    event_type: Mapped[str] = mapped_column(String(128), index=True)
+    api_mode: Mapped[str] = mapped_column(String(8))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    last_received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    delivery_count: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[str] = mapped_column(String(16), default=InboxStatus.RECEIVED)
+    org_connection_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    apply_count: Mapped[int] = mapped_column(Integer, default=0)
+    replays: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_inbox_events_status_id", "status", "id"),)
