@@ -1,0 +1,5 @@
+"""HTTP routes of the api feature."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

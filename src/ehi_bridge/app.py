@@ -1,0 +1,24 @@
+"""The ASGI application: signed webhooks on a lean path, everything else on FastAPI."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from ehi_bridge.api.endpoints import router as api_router
+from ehi_bridge.config import Settings
+from ehi_bridge.connect.endpoints import router as connect_router
+from ehi_bridge.dashboard.endpoints import router as dashboard_router
+from ehi_bridge.db.engine import Database
+from ehi_bridge.deps import AppContext
+from ehi_bridge.ops.endpoints import router as ops_router
+
+
+def create_api(settings: Settings, db: Database) -> FastAPI:
+    """The FastAPI part (API, dashboard, connect page, operations)."""
+    api = FastAPI(title="ehi-bridge", version="0.1.0")
+    api.state.ctx = AppContext(settings=settings, db=db)
+    api.include_router(ops_router)
+    api.include_router(api_router)
+    api.include_router(dashboard_router)
+    api.include_router(connect_router)
+    return api

@@ -1,0 +1,5 @@
+"""HTTP routes of the connect feature."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,56 @@
+"""Queries and writes of connections. All SQL for this table lives here."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ehi_bridge.connections.models import Connection
+from ehi_bridge.db.base import utcnow
+
+
+def new_connection_id() -> str:
+    return uuid.uuid4().hex
+
+
+def get(session: Session, connection_id: str) -> Connection | None:
+    return session.get(Connection, connection_id)
+
+
+def by_org_connection_id(session: Session, org_connection_id: str) -> Connection | None:
+    return session.scalars(
+        select(Connection).where(Connection.org_connection_id == org_connection_id)
+    ).one_or_none()
+
+
+def find(session: Session, id_or_org_connection_id: str) -> Connection | None:
+    """Look a connection up by our id or by Fasten's org_connection_id."""
+    return get(session, id_or_org_connection_id) or by_org_connection_id(
+        session, id_or_org_connection_id
+    )
+
+
+def ensure_manual_connection(
+    session: Session, id_or_org_connection_id: str, external_id: str | None = None
+) -> Connection:
+    """The connection with this id, or a new ``manual`` one (a file a patient uploaded)."""
+    existing = find(session, id_or_org_connection_id)
+    if existing is not None:
+        return existing
+    now = utcnow()
+    connection = Connection(
+        id=new_connection_id(),
+        org_connection_id=id_or_org_connection_id,
+        external_id=external_id,
+        api_mode="manual",
+        source="manual",
+        status="manual",
+        status_changed_at=now,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(connection)
+    session.flush()
+    return connection
