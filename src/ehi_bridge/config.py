@@ -68,6 +68,16 @@ class Settings(BaseSettings):
     connect_link_secret: SecretStr | None = None
     public_base_url: str = "http://127.0.0.1:8000"
 
+    metrics_require_token: bool = Field(
+        default=False, description="Require an API token for /metrics"
+    )
+    ready_max_inbox_lag_seconds: float = Field(
+        default=300.0, description="/readyz fails when an unprocessed event is older"
+    )
+    ready_max_heartbeat_age_seconds: float = Field(
+        default=60.0, description="/readyz fails when background processing is quieter"
+    )
+
     log_json: bool = False
     log_level: str = "INFO"
 
