@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     session_secret: SecretStr | None = None
     connect_link_secret: SecretStr | None = None
     public_base_url: str = "http://127.0.0.1:8000"
+    stitch_js_url: str = Field(
+        default="https://cdn.fastenhealth.com/connect/v4/fasten-stitch.js",
+        description="Where the connect page loads Fasten's widget (the simulator's /stitch.js)",
+    )
+    connect_mode: Mode = Field(default="test", description="Mode of the connect page's widget")
 
     metrics_require_token: bool = Field(
         default=False, description="Require an API token for /metrics"
