@@ -40,8 +40,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         upgrade(url)
         yield url
         return
-    template = request.getfixturevalue("pg_template")
-    name = create_pg_database(template=template)
+    yield request.getfixturevalue("pg_database_url")
+
+
+@pytest.fixture
+def pg_database_url(pg_template: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database (for PostgreSQL-only tests)."""
+    name = create_pg_database(template=pg_template)
     try:
         yield pg_url_for(name)
     finally:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import typer
 
 from ehi_bridge.auth.cli import app as auth_app
+from ehi_bridge.config import Settings
 from ehi_bridge.exports.cli import app as exports_app
 from ehi_bridge.records.cli import app as records_app
 from ehi_bridge.simulator.cli import app as simulator_app
 
-app = typer.Typer(no_args_is_help=True, help="ehi-bridge: Fasten Connect webhooks, exports and records.")
+app = typer.Typer(
+    no_args_is_help=True, help="ehi-bridge: Fasten Connect webhooks, exports and records."
+)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
 app.add_typer(exports_app, name="exports")
@@ -26,3 +29,89 @@ def db_upgrade() -> None:
 
     upgrade(Settings().resolved_database_url)
     typer.echo("database is at the latest schema")
+
+
+def _settings() -> Settings:
+    from ehi_bridge.logging import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    return settings
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to bind."),
+    port: int = typer.Option(8000, help="Port to bind."),
+) -> None:
+    """Run the web service (webhooks, API, dashboard) and background processing."""
+    import uvicorn
+
+    from ehi_bridge.db.migrate import ensure_schema
+    from ehi_bridge.server import Service
+
+    settings = _settings()
+    ensure_schema(settings.resolved_database_url)
+    uvicorn.run(
+        Service(settings),
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def worker() -> None:
+    """Run background processing only (scale-out next to ``serve`` on PostgreSQL)."""
+    import signal
+    import threading
+
+    from ehi_bridge.db.engine import Database
+    from ehi_bridge.db.migrate import ensure_schema
+    from ehi_bridge.runtime import Runtime
+
+    settings = _settings()
+    ensure_schema(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url)
+    runtime = Runtime(settings, db)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    runtime.start()
+    try:
+        while not stop.wait(1.0):
+            runtime.wake()  # other processes' deliveries: poll the inbox
+    finally:
+        runtime.stop()
+        db.dispose()
+
+
+@app.command()
+def stats(json_output: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Counts of deliveries, events, connections, exports and resources."""
+    import orjson
+    from rich.console import Console
+    from rich.table import Table
+
+    from ehi_bridge import stats as stats_module
+    from ehi_bridge.db.engine import Database
+
+    settings = Settings()
+    db = Database(settings.resolved_database_url)
+    try:
+        with db.read_session() as session:
+            data = stats_module.collect(session)
+    finally:
+        db.dispose()
+    if json_output:
+        typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode())
+        return
+    table = Table("what", "count")
+    for key, value in data.items():
+        table.add_row(key, str(value))
+    Console().print(table)

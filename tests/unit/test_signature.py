@@ -89,7 +89,11 @@ def test_secret_without_prefix_and_rotation() -> None:
     now = int(time.time())
     body = b"{}"
     signed_with_old = sign(decode_secret(old), "m", now, body)
-    headers = {"webhook-id": "m", "webhook-timestamp": str(now), "webhook-signature": signed_with_old}
+    headers = {
+        "webhook-id": "m",
+        "webhook-timestamp": str(now),
+        "webhook-signature": signed_with_old,
+    }
     assert Verifier([new, old]).verify(headers, body).timestamp == now
     with pytest.raises(SignatureError):
         Verifier([new]).verify(headers, body)

@@ -1,0 +1,72 @@
+"""Queries and writes of exports. All SQL for this table lives here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ehi_bridge.db.base import utcnow
+from ehi_bridge.exports.models import Export
+from ehi_bridge.exports.state import ExportStatus
+
+
+def get(session: Session, export_id: int, *, for_update: bool = False) -> Export | None:
+    return session.get(Export, export_id, with_for_update=for_update or None)
+
+
+def by_task_id(session: Session, task_id: str) -> Export | None:
+    return session.scalars(select(Export).where(Export.task_id == task_id)).one_or_none()
+
+
+def waiting_without_task(session: Session, connection_id: str) -> Export | None:
+    """The newest export we asked for whose task id we have not recorded yet."""
+    return session.scalars(
+        select(Export)
+        .where(
+            Export.connection_id == connection_id,
+            Export.task_id.is_(None),
+            Export.status.in_(ExportStatus.WAITING),
+        )
+        .order_by(Export.id.desc())
+        .limit(1)
+    ).one_or_none()
+
+
+def active_for_connection(session: Session, connection_id: str) -> Sequence[Export]:
+    return session.scalars(
+        select(Export).where(
+            Export.connection_id == connection_id, Export.status.in_(ExportStatus.ACTIVE)
+        )
+    ).all()
+
+
+def for_connection(session: Session, connection_id: str) -> Sequence[Export]:
+    return session.scalars(
+        select(Export).where(Export.connection_id == connection_id).order_by(Export.id.desc())
+    ).all()
+
+
+def create(
+    session: Session,
+    connection_id: str,
+    *,
+    trigger: str,
+    status: str = ExportStatus.REQUESTED,
+    task_id: str | None = None,
+) -> Export:
+    now = utcnow()
+    export = Export(
+        connection_id=connection_id,
+        task_id=task_id,
+        status=status,
+        trigger=trigger,
+        created_at=now,
+        updated_at=now,
+        bytes_downloaded=0,
+        attempts=0,
+    )
+    session.add(export)
+    session.flush()
+    return export

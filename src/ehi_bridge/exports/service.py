@@ -1,0 +1,339 @@
+"""Export lifecycle steps: each is one short transaction or one remote call, safe to repeat.
+
+The durable ordering (request → wait for the deadline → poll; success → download → ingest
+→ reconcile → notify) lives in ``exports/tasks.py``; this module holds what each step does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import orjson
+import structlog
+from sqlalchemy.exc import IntegrityError
+
+from ehi_bridge.config import Mode, Settings
+from ehi_bridge.connections import repository as connections_repo
+from ehi_bridge.connections.models import Connection
+from ehi_bridge.connections.state import ConnectionStatus
+from ehi_bridge.db.base import utcnow
+from ehi_bridge.db.engine import Database
+from ehi_bridge.exports import repository as exports_repo
+from ehi_bridge.exports.models import Export
+from ehi_bridge.exports.state import ExportEvent, ExportStatus, transition
+from ehi_bridge.webhooks import schemas
+from ehi_bridge.webhooks.models import InboxEvent
+from ehi_bridge.webhooks.service import AlertRequest
+
+log = structlog.get_logger(__name__)
+
+
+class ExportNotAllowed(Exception):
+    """The export cannot be requested or retried in the current state (answered 409)."""
+
+
+def _move(export: Export, event: str) -> bool:
+    target = transition(export.status, event)
+    if target is None:
+        return False
+    export.status = target
+    export.updated_at = utcnow()
+    return True
+
+
+def downloads_dir(settings: Settings) -> Path:
+    path = settings.data_dir / "downloads"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def download_path(settings: Settings, export_id: int) -> Path:
+    return downloads_dir(settings) / f"export-{export_id}.jsonl"
+
+
+def _mode(connection: Connection) -> Mode:
+    return "live" if connection.api_mode == "live" else "test"
+
+
+# --- requesting -------------------------------------------------------------------------
+
+
+def request_export(db: Database, connection_id: str, trigger: str) -> Export:
+    """Create a new export for an authorized connection (API, CLI, re-request on expiry)."""
+    with db.session() as session:
+        connection = connections_repo.find(session, connection_id)
+        if connection is None:
+            raise LookupError(connection_id)
+        if connection.status != ConnectionStatus.AUTHORIZED or not connection.org_connection_id:
+            raise ExportNotAllowed(f"connection is {connection.status}, not authorized")
+        active = exports_repo.active_for_connection(session, connection.id)
+        if active:
+            return active[0]
+        return exports_repo.create(session, connection.id, trigger=trigger)
+
+
+def retry_export(db: Database, export_id: int) -> Export:
+    """A fresh export for the same connection as a finished or failed one."""
+    with db.read_session() as session:
+        export = exports_repo.get(session, export_id)
+        if export is None:
+            raise LookupError(str(export_id))
+        connection_id = export.connection_id
+    return request_export(db, connection_id, trigger="retry")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTarget:
+    export_id: int
+    org_connection_id: str
+    mode: Mode
+    platform_type: str | None
+
+
+def request_target(db: Database, export_id: int) -> RequestTarget | None:
+    """What to ask Fasten for, or None when this export no longer needs asking."""
+    with db.read_session() as session:
+        export = exports_repo.get(session, export_id)
+        if export is None or export.status != ExportStatus.REQUESTED or export.task_id:
+            return None
+        connection = connections_repo.get(session, export.connection_id)
+        if connection is None or not connection.org_connection_id:
+            return None
+        return RequestTarget(
+            export.id, connection.org_connection_id, _mode(connection), connection.platform_type
+        )
+
+
+def record_task(db: Database, settings: Settings, target: RequestTarget, task_id: str) -> float:
+    """Store Fasten's task id and the deadline; return seconds until the deadline."""
+    now = utcnow()
+    deadline = now + timedelta(minutes=settings.export_deadline_minutes_for(target.platform_type))
+    try:
+        with db.session() as session:
+            export = exports_repo.get(session, target.export_id, for_update=True)
+            if export is None:
+                return 0.0
+            export.requested_at = export.requested_at or now
+            export.deadline_at = export.deadline_at or deadline
+            if export.task_id is None:
+                export.task_id = task_id
+            _move(export, ExportEvent.TASK_CREATED)
+            deadline = export.deadline_at
+    except IntegrityError:
+        # A success webhook got here first and created an export row for this task.
+        with db.session() as session:
+            export = exports_repo.get(session, target.export_id, for_update=True)
+            if export is not None:
+                export.status = ExportStatus.CANCELLED
+                export.last_error = "superseded by the export that received this task's webhook"
+        return 0.0
+    return max(0.0, (deadline - utcnow()).total_seconds())
+
+
+def request_failed(db: Database, export_id: int, reason: str) -> AlertRequest | None:
+    with db.session() as session:
+        export = exports_repo.get(session, export_id, for_update=True)
+        if export is None or not _move(export, ExportEvent.FAILED):
+            return None
+        export.failure_reason = "request_failed"
+        export.last_error = reason[:500]
+        return AlertRequest(
+            kind="export_failed",
+            dedup_key=f"export_failed:{export.id}",
+            message=f"Export {export.id} could not be requested from Fasten ({reason})",
+            context={"export_id": export.id, "connection_id": export.connection_id},
+        )
+
+
+# --- the deadline -----------------------------------------------------------------------
+
+
+def deadline_task(db: Database, export_id: int) -> tuple[str, Mode] | None:
+    """(task id, mode) when the export is still waiting at its deadline, else None."""
+    with db.read_session() as session:
+        export = exports_repo.get(session, export_id)
+        if export is None or export.status not in (ExportStatus.REQUESTED, ExportStatus.PENDING):
+            return None
+        connection = connections_repo.get(session, export.connection_id)
+        mode = _mode(connection) if connection else "test"
+        return (export.task_id or "", mode)
+
+
+def deadline_passed(db: Database, export_id: int, remote_status: str | None) -> AlertRequest | None:
+    """Still no webhook at the deadline: failed if Fasten says so, else timed out."""
+    with db.session() as session:
+        export = exports_repo.get(session, export_id, for_update=True)
+        if export is None:
+            return None
+        if remote_status == "failed" and _move(export, ExportEvent.FAILED):
+            export.failure_reason = export.failure_reason or "suppressed_please_contact"
+            return AlertRequest(
+                kind="export_failed",
+                dedup_key=f"export_failed:{export.id}",
+                message=f"Export {export.id} failed (found by status poll at the deadline)",
+                context={"export_id": export.id, "connection_id": export.connection_id},
+            )
+        if not _move(export, ExportEvent.DEADLINE_PASSED):
+            return None
+        note = (
+            "Fasten reports success but no webhook arrived"
+            if remote_status == "success"
+            else f"Fasten status: {remote_status or 'unknown'}"
+        )
+        export.last_error = note
+        return AlertRequest(
+            kind="export_timed_out",
+            dedup_key=f"export_timed_out:{export.id}",
+            message=f"Export {export.id} has not arrived by its deadline. {note}",
+            context={"export_id": export.id, "connection_id": export.connection_id},
+        )
+
+
+# --- download and ingest ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadTarget:
+    export_id: int
+    connection_id: str
+    mode: Mode
+    url: str
+    expires_at: datetime | None
+
+
+def download_target(db: Database, export_id: int) -> DownloadTarget | None:
+    """The link to fetch, or None when the export is no longer downloading."""
+    with db.read_session() as session:
+        export = exports_repo.get(session, export_id)
+        if export is None or export.status != ExportStatus.DOWNLOADING:
+            return None
+        if export.success_event_id is None:
+            return None
+        from sqlalchemy import select
+
+        body = session.scalar(
+            select(InboxEvent.body).where(InboxEvent.event_id == export.success_event_id)
+        )
+        connection = connections_repo.get(session, export.connection_id)
+        if body is None or connection is None:
+            return None
+        envelope = schemas.Envelope.model_validate(orjson.loads(body))
+        url = schemas.ExportSuccess.model_validate(envelope.data).jsonl_url()
+        if not url:
+            return None
+        return DownloadTarget(
+            export.id, connection.id, _mode(connection), url, export.file_expires_at
+        )
+
+
+def record_download(db: Database, export_id: int, size: int) -> bool:
+    with db.session() as session:
+        export = exports_repo.get(session, export_id, for_update=True)
+        if export is None:
+            return False
+        export.bytes_downloaded = size
+        return _move(export, ExportEvent.DOWNLOADED) or export.status == ExportStatus.INGESTING
+
+
+def record_download_attempt(db: Database, export_id: int, error: str) -> None:
+    with db.session() as session:
+        export = exports_repo.get(session, export_id)
+        if export is not None:
+            export.attempts += 1
+            export.last_error = error[:500]
+
+
+def file_gone(db: Database, export_id: int) -> AlertRequest | None:
+    with db.session() as session:
+        export = exports_repo.get(session, export_id, for_update=True)
+        if export is None or not _move(export, ExportEvent.FILE_GONE):
+            return None
+        return AlertRequest(
+            kind="export_expired",
+            dedup_key=f"export_expired:{export.id}",
+            message=f"Export {export.id}'s file expired before it could be downloaded",
+            context={"export_id": export.id, "connection_id": export.connection_id},
+        )
+
+
+def download_refused(db: Database, export_id: int, host: str) -> AlertRequest | None:
+    with db.session() as session:
+        export = exports_repo.get(session, export_id, for_update=True)
+        if export is None or not _move(export, ExportEvent.DOWNLOAD_REFUSED):
+            return None
+        export.failure_reason = "download_refused"
+        return AlertRequest(
+            kind="download_refused",
+            dedup_key=f"download_refused:{export.id}",
+            message=f"Export {export.id}: download link host {host!r} is not on the allow-list",
+            context={"export_id": export.id, "connection_id": export.connection_id, "host": host},
+        )
+
+
+def download_failed(db: Database, export_id: int, error: str) -> AlertRequest | None:
+    with db.session() as session:
+        export = exports_repo.get(session, export_id, for_update=True)
+        if export is None or not _move(export, ExportEvent.DOWNLOAD_REFUSED):
+            return None
+        export.failure_reason = "download_failed"
+        export.last_error = error[:500]
+        return AlertRequest(
+            kind="export_failed",
+            dedup_key=f"export_failed:{export.id}",
+            message=f"Export {export.id}: the file could not be downloaded ({error})",
+            context={"export_id": export.id, "connection_id": export.connection_id},
+        )
+
+
+def ingest_inputs(
+    db: Database, export_id: int
+) -> tuple[str, int | None, dict[str, int] | None] | None:
+    with db.read_session() as session:
+        export = exports_repo.get(session, export_id)
+        if export is None or export.status != ExportStatus.INGESTING:
+            return None
+        return export.connection_id, export.stats_total, export.stats_by_type
+
+
+def record_ingest(
+    db: Database, export_id: int, report: dict[str, object], complete: bool
+) -> AlertRequest | None:
+    with db.session() as session:
+        export = exports_repo.get(session, export_id, for_update=True)
+        if export is None:
+            return None
+        moved = _move(
+            export, ExportEvent.INGESTED_COMPLETE if complete else ExportEvent.INGESTED_PARTIAL
+        )
+        if not moved:
+            return None
+        export.report = report
+        resources = report.get("resources")
+        export.ingested_total = resources if isinstance(resources, int) else None
+        by_type = report.get("by_type")
+        export.ingested_by_type = by_type if isinstance(by_type, dict) else None
+        export.completed_at = utcnow()
+        if complete:
+            return None
+        return AlertRequest(
+            kind="ingest_partial",
+            dedup_key=f"ingest_partial:{export.id}",
+            message=f"Export {export.id} ingested with differences from Fasten's counts",
+            context={"export_id": export.id, "connection_id": export.connection_id},
+        )
+
+
+def rerequest_after_expiry(db: Database, settings: Settings, export_id: int) -> int | None:
+    if not settings.rerequest_expired_exports:
+        return None
+    with db.read_session() as session:
+        export = exports_repo.get(session, export_id)
+        if export is None:
+            return None
+        connection_id = export.connection_id
+    try:
+        return request_export(db, connection_id, trigger="expired").id
+    except ExportNotAllowed:
+        return None

@@ -1,0 +1,72 @@
+"""The service process: lean webhook path + FastAPI app + background runtime, one ASGI app."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+from ehi_bridge.app import create_api
+from ehi_bridge.config import Settings
+from ehi_bridge.db.engine import Database
+from ehi_bridge.runtime import Runtime
+from ehi_bridge.webhooks.endpoints import PATH_PREFIX, Receive, Scope, Send, WebhookReceiver
+from ehi_bridge.webhooks.inbox import InboxWriter
+
+log = structlog.get_logger(__name__)
+
+
+def _observer() -> Any:
+    from ehi_bridge.ops import observe
+
+    return observe.webhook_outcome
+
+
+class Service:
+    """An ASGI app. With ``background=True`` it also runs DBOS and the dispatcher."""
+
+    def __init__(self, settings: Settings, *, background: bool = True) -> None:
+        self.settings = settings
+        self.db = Database(settings.resolved_database_url)
+        self.runtime = Runtime(settings, self.db) if background else None
+        self.writer = InboxWriter(self.db, on_commit=self.runtime.wake if self.runtime else None)
+        self.receiver = WebhookReceiver(settings, self.writer, observer=_observer())
+        self.api = create_api(settings, self.db)
+        if self.runtime is not None:
+            self.api.state.ctx.extras["runtime_heartbeat"] = self.runtime.seconds_since_heartbeat
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(PATH_PREFIX):
+            await self.receiver(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await self.api(scope, receive, send)
+
+    def start(self) -> None:
+        self.writer.start()
+        if self.runtime is not None:
+            self.runtime.start()
+
+    def stop(self) -> None:
+        self.writer.stop()
+        if self.runtime is not None:
+            self.runtime.stop()
+        self.db.dispose()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await asyncio.to_thread(self.start)
+                except Exception as exc:
+                    log.error("start-up failed", error_type=type(exc).__name__)
+                    await send({"type": "lifespan.startup.failed", "message": type(exc).__name__})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await asyncio.to_thread(self.stop)
+                await send({"type": "lifespan.shutdown.complete"})
+                return

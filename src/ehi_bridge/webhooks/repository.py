@@ -1,0 +1,68 @@
+"""Queries and writes of the inbox. All SQL for this table lives here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from ehi_bridge.webhooks.models import InboxEvent, InboxStatus
+
+
+def get(session: Session, inbox_id: int, *, for_update: bool = False) -> InboxEvent | None:
+    return session.get(InboxEvent, inbox_id, with_for_update=for_update or None)
+
+
+def received_batch(session: Session, limit: int) -> Sequence[tuple[int, int]]:
+    """(id, replays) of deliveries committed but not yet handed to background work."""
+    rows = session.execute(
+        select(InboxEvent.id, InboxEvent.replays)
+        .where(InboxEvent.status == InboxStatus.RECEIVED)
+        .order_by(InboxEvent.id)
+        .limit(limit)
+    ).all()
+    return [(row[0], row[1]) for row in rows]
+
+
+def mark_queued(session: Session, ids: Sequence[int]) -> None:
+    session.execute(
+        update(InboxEvent)
+        .where(InboxEvent.id.in_(ids), InboxEvent.status == InboxStatus.RECEIVED)
+        .values(status=InboxStatus.QUEUED)
+    )
+
+
+def mark_for_replay(session: Session, ids: Sequence[int]) -> int:
+    """Send events through processing again (parked ones, or any an operator picks)."""
+    result = session.execute(
+        update(InboxEvent)
+        .where(InboxEvent.id.in_(ids))
+        .values(
+            status=InboxStatus.RECEIVED,
+            replays=InboxEvent.replays + 1,
+            attempts=0,
+            last_error=None,
+        )
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def ids_with_status(session: Session, status: str, limit: int = 10_000) -> list[int]:
+    return list(
+        session.scalars(
+            select(InboxEvent.id)
+            .where(InboxEvent.status == status)
+            .order_by(InboxEvent.id)
+            .limit(limit)
+        )
+    )
+
+
+def oldest_unprocessed_received_at(session: Session) -> datetime | None:
+    return session.scalar(
+        select(func.min(InboxEvent.received_at)).where(
+            InboxEvent.status.in_((InboxStatus.RECEIVED, InboxStatus.QUEUED))
+        )
+    )
