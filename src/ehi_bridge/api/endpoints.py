@@ -41,7 +41,7 @@ from ehi_bridge.api.schemas import (
 from ehi_bridge.auth.connect_links import read_connect_token
 from ehi_bridge.auth.dependencies import ApiActor, OptionalApiActor, require_api_token, unauthorized
 from ehi_bridge.auth.service import Actor, record_audit
-from ehi_bridge.config import Mode, Settings
+from ehi_bridge.config import Mode
 from ehi_bridge.db.engine import Database
 from ehi_bridge.deps import CtxDep, DatabaseDep, ReadSession
 
@@ -557,12 +557,6 @@ def _record_widget_complete() -> Any:
         ) from None
 
 
-def _default_mode(settings: Settings) -> Mode:
-    if settings.live_public_id and not settings.test_public_id:
-        return "live"
-    return "test"
-
-
 @connect_router.post(
     "/connect/complete",
     response_model=ConnectionOut,
@@ -593,7 +587,7 @@ def connect_complete(
         actor = Actor(kind="connect", name=linked)
     data = body.model_dump(exclude={"connect_token", "api_mode"})
     data["external_id"] = external_id
-    mode = body.api_mode or _default_mode(ctx.settings)
+    mode: Mode = body.api_mode or ctx.settings.connect_mode
     record_widget_complete = _record_widget_complete()
     with ctx.db.session() as session:
         connection = record_widget_complete(session, data, mode)

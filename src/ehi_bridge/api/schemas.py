@@ -12,7 +12,7 @@ Ident = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r
 
 
 class ORMModel(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(from_attributes=True, validate_by_name=True, validate_by_alias=True)
 
 
 class ConnectionOut(ORMModel):
@@ -176,7 +176,7 @@ class WidgetComplete(BaseModel):
     platform_type: Ident | None = None
     external_id: Ident | None = None
     api_mode: Literal["test", "live"] | None = Field(
-        default=None, description="The event's api_mode; default: the configured mode"
+        default=None, description="The event's api_mode; default: the setting `connect_mode`"
     )
     connect_token: str | None = Field(
         default=None, max_length=2048, description="Signed connect-link token, if no header"

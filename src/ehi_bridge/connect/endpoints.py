@@ -1,5 +1,74 @@
-"""HTTP routes of the connect feature."""
+"""HTTP routes of the connect page: a patient links health-system portals with the widget.
 
-from fastapi import APIRouter
+The page is reached through a signed, expiring link (``auth.connect_links``) naming the
+patient's ``external_id``; it embeds Fasten's Stitch element, forwards ``widget.complete``
+to ``POST /api/connect/complete`` with the link token, and polls ``/connect/status``.
+"""
 
-router = APIRouter()
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import FileResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from ehi_bridge.connect import service
+from ehi_bridge.deps import ReadSession, SettingsDep
+
+HERE = Path(__file__).parent
+TokenQuery = Annotated[str, Query(max_length=2048)]
+
+router = APIRouter(prefix="/connect", include_in_schema=False)
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+
+
+def _headers(response: Response) -> Response:
+    # The link token is in the URL: never send it to another origin in a Referer.
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"
+    return response
+
+
+def _render(
+    request: Request, name: str, context: dict[str, Any], status_code: int = 200
+) -> Response:
+    return _headers(templates.TemplateResponse(request, name, context, status_code=status_code))
+
+
+def _forbidden(request: Request) -> Response:
+    if request.headers.get("hx-request"):
+        raise HTTPException(status_code=403, detail="this link is invalid or has expired")
+    return _render(request, "forbidden.html", {}, status_code=403)
+
+
+@router.get("")
+def connect_page(request: Request, settings: SettingsDep, token: TokenQuery = "") -> Response:
+    external_id = service.external_id_of(settings, token)
+    if external_id is None:
+        return _forbidden(request)
+    widget = service.widget_for(settings, external_id)
+    return _render(request, "connect.html", {"widget": widget, "token": token})
+
+
+@router.get("/status")
+def connect_status(
+    request: Request, settings: SettingsDep, session: ReadSession, token: TokenQuery = ""
+) -> Response:
+    external_id = service.external_id_of(settings, token)
+    if external_id is None:
+        return _forbidden(request)
+    rows = service.status_of(session, external_id)
+    return _render(request, "_status.html", {"rows": rows})
+
+
+@router.get("/static/connect.js")
+def connect_js() -> Response:
+    return FileResponse(
+        HERE / "static" / "connect.js",
+        media_type="text/javascript",
+        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )

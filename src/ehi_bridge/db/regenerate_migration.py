@@ -22,9 +22,7 @@ def main() -> None:
         old.unlink()
     with tempfile.TemporaryDirectory() as tmp:
         config = alembic_config(f"sqlite:///{Path(tmp) / 'empty.sqlite3'}")
-        command.revision(
-            config, message="initial schema", autogenerate=True, rev_id="0001_initial"
-        )
+        command.revision(config, message="initial schema", autogenerate=True, rev_id="0001_initial")
     written = next(versions.glob("*.py"))
     ruff = Path(sys.executable).with_name("ruff")
     subprocess.run([str(ruff), "check", "--fix", "-q", str(written)], check=False)

@@ -83,6 +83,28 @@ def test_duplicates_under_concurrency_are_stored_and_applied_once(
         assert {c.status for c in connections} == {"authorized"}
 
 
+async def _stream_then_kill(base: str, proc: Any, stop_at: float, acknowledged: set[str]) -> None:
+    """Deliver in bursts of 16 until ``stop_at``, SIGKILL the server mid-burst."""
+    async with httpx.AsyncClient(base_url=base, timeout=5) as client:
+
+        async def one() -> None:
+            event = envelope("webhook.test", {"hello": "world"})
+            body, headers = signed(event)
+            try:
+                r = await client.post("/webhooks/fasten/test", content=body, headers=headers)
+            except httpx.HTTPError:
+                return
+            if r.status_code == 200:
+                acknowledged.add(event["id"])
+
+        while time.monotonic() < stop_at:
+            await asyncio.gather(*(one() for _ in range(16)))
+        burst = asyncio.gather(*(one() for _ in range(16)))
+        await asyncio.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        await burst
+
+
 def test_every_acknowledged_delivery_survives_sigkill(
     service_env: dict[str, str], start_service: ServerFactory, db: Database
 ) -> None:
@@ -93,29 +115,7 @@ def test_every_acknowledged_delivery_survives_sigkill(
     for round_number in range(3):
         with start_service(env, port=port, name=f"crash-{round_number}") as (proc, base):
             stop_at = time.monotonic() + rng.uniform(0.3, 0.8)
-
-            async def stream() -> None:
-                async with httpx.AsyncClient(base_url=base, timeout=5) as client:
-
-                    async def one() -> None:
-                        event = envelope("webhook.test", {"hello": "world"})
-                        body, headers = signed(event)
-                        try:
-                            r = await client.post(
-                                "/webhooks/fasten/test", content=body, headers=headers
-                            )
-                        except httpx.HTTPError:
-                            return
-                        if r.status_code == 200:
-                            acknowledged.add(event["id"])
-
-                    while time.monotonic() < stop_at:
-                        await asyncio.gather(*(one() for _ in range(16)))
-
-                    proc.send_signal(signal.SIGKILL)
-                    await asyncio.gather(*(one() for _ in range(16)))
-
-            asyncio.run(stream())
+            asyncio.run(_stream_then_kill(base, proc, stop_at, acknowledged))
             proc.wait()
     assert len(acknowledged) > 50
     with start_service(env, port=port, name="after-crash"):
