@@ -1,0 +1,285 @@
+"""Every dashboard page with data, the buttons' effects and the audit rows."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from ehi_bridge.auth.models import AuditLog
+from ehi_bridge.connections.models import Connection
+from ehi_bridge.db.base import utcnow
+from ehi_bridge.exports.models import Export
+from ehi_bridge.webhooks.models import InboxEvent
+from tests.integration.dashboard.conftest import Dash
+from tests.integration.dashboard.helpers import USERNAME, login
+
+
+def _audit(dash: Dash) -> list[AuditLog]:
+    with dash.db.read_session() as session:
+        return list(session.scalars(select(AuditLog).order_by(AuditLog.id)))
+
+
+def test_overview_shows_counts_and_chart_data(dash: Dash) -> None:
+    login(dash.client)
+    response = dash.client.get("/dashboard")
+    assert response.status_code == 200
+    html = response.text
+    assert 'id="chart-deliveries"' in html
+    assert 'id="chart-data"' in html
+    assert "authorized 1" in html and "revoked 1" in html
+    assert "token_refresh_failure" in html  # failures by reason
+    assert "patient.connection_success" in html  # deliveries by type
+    assert "default-src 'self'" in response.headers["content-security-policy"]
+
+
+def test_connections_list_search_filters_and_htmx_partial(dash: Dash) -> None:
+    login(dash.client)
+    seeded = dash.seeded
+    everything = dash.client.get("/dashboard/connections")
+    assert everything.status_code == 200
+    assert seeded.org_connection_id in everything.text
+    assert "someone-else" in everything.text
+
+    by_external = dash.client.get("/dashboard/connections", params={"q": seeded.external_id})
+    assert seeded.org_connection_id in by_external.text
+    assert "someone-else" not in by_external.text
+
+    by_org = dash.client.get("/dashboard/connections", params={"q": seeded.org_connection_id})
+    assert seeded.external_id in by_org.text and "someone-else" not in by_org.text
+
+    revoked = dash.client.get("/dashboard/connections", params={"status": "revoked"})
+    assert "someone-else" in revoked.text and seeded.org_connection_id not in revoked.text
+
+    epic = dash.client.get("/dashboard/connections", params={"platform": "epic"})
+    assert seeded.org_connection_id in epic.text and "someone-else" not in epic.text
+
+    live = dash.client.get("/dashboard/connections", params={"mode": "live"})
+    assert "someone-else" in live.text and seeded.org_connection_id not in live.text
+
+    partial = dash.client.get(
+        "/dashboard/connections",
+        params={"q": seeded.external_id},
+        headers={"hx-request": "true", "hx-target": "connection-table"},
+    )
+    assert partial.status_code == 200
+    assert "<html" not in partial.text
+    assert 'id="connection-table"' in partial.text
+
+
+def test_connections_keyset_pagination_walks_every_row_once(dash: Dash) -> None:
+    from datetime import timedelta
+
+    now = utcnow()
+    with dash.db.session() as session:
+        for i in range(120):
+            session.add(
+                Connection(
+                    id=f"bulk{i:04d}",
+                    org_connection_id=f"bulk-org-{i:04d}",
+                    external_id=f"bulk-{i}",
+                    api_mode="test",
+                    status="authorized",
+                    platform_type="athena",
+                    # Equal timestamps in pairs: the id breaks ties.
+                    created_at=now - timedelta(minutes=i // 2),
+                    updated_at=now,
+                )
+            )
+    login(dash.client)
+    seen: list[str] = []
+    url: str | None = "/dashboard/connections?platform=athena"
+    pages = 0
+    import re
+
+    while url:
+        html = dash.client.get(url).text
+        seen += re.findall(r">(bulk-org-\d{4})<", html)
+        more = re.search(r'<a href="(/dashboard/connections\?[^"]+after=[^"]+)"', html)
+        url = more.group(1).replace("&amp;", "&") if more else None
+        pages += 1
+    assert pages == 3
+    assert len(seen) == 120
+    assert len(set(seen)) == 120
+
+
+def test_connection_page_shows_everything_and_is_audited(dash: Dash) -> None:
+    login(dash.client)
+    seeded = dash.seeded
+    response = dash.client.get(f"/dashboard/connections/{seeded.connection_id}")
+    assert response.status_code == 200
+    html = response.text
+    assert "patient.connection_success" in html  # timeline
+    assert "malformed_lines" in html  # data-quality report
+    assert "Observation" in html and ">2<" in html  # resources by type / reconciliation
+    assert "lines not ingested" in html
+    assert 'id="request-export"' in html
+    assert "Retry" in html  # the failed export
+    assert "Doe" not in html  # record contents only on the audited records view
+    # Reachable by org_connection_id too.
+    by_org = dash.client.get(f"/dashboard/connections/{seeded.org_connection_id}")
+    assert by_org.status_code == 200
+    assert dash.client.get("/dashboard/connections/nope").status_code == 404
+
+    rows = _audit(dash)
+    assert [(r.actor_kind, r.actor_name, r.action, r.target_id) for r in rows[-2:]] == [
+        ("user", USERNAME, "dashboard.connection.view", seeded.connection_id),
+        ("user", USERNAME, "dashboard.connection.view", seeded.connection_id),
+    ]
+
+
+def test_viewing_records_writes_an_audit_row(dash: Dash) -> None:
+    login(dash.client)
+    seeded = dash.seeded
+    before = len(_audit(dash))
+    response = dash.client.get(
+        f"/dashboard/connections/{seeded.connection_id}/records",
+        params={"type": "Patient"},
+        headers={"hx-request": "true"},
+    )
+    assert response.status_code == 200
+    assert "Doe" in response.text
+    assert "<html" not in response.text
+    rows = _audit(dash)
+    assert len(rows) == before + 1
+    row = rows[-1]
+    assert (row.actor_kind, row.actor_name, row.action, row.target_type, row.target_id) == (
+        "user",
+        USERNAME,
+        "dashboard.records.view",
+        "connection",
+        seeded.connection_id,
+    )
+    assert row.path == f"/dashboard/connections/{seeded.connection_id}/records"
+    full = dash.client.get(
+        f"/dashboard/connections/{seeded.connection_id}/records", params={"type": "Observation"}
+    )
+    assert full.status_code == 200 and "o2" in full.text and "<html" in full.text
+
+
+def test_records_are_paged_by_id(dash: Dash) -> None:
+    login(dash.client)
+    from ehi_bridge.dashboard import repository as repo
+
+    with dash.db.read_session() as session:
+        first, after = repo.list_resources(
+            session, dash.seeded.connection_id, "Observation", 0, limit=1
+        )
+        assert [r.resource_id for r in first] == ["o1"] and after is not None
+        second, done = repo.list_resources(
+            session, dash.seeded.connection_id, "Observation", after, limit=1
+        )
+        assert [r.resource_id for r in second] == ["o2"] and done is None
+
+
+def test_events_page_filters(dash: Dash) -> None:
+    login(dash.client)
+    page = dash.client.get("/dashboard/events")
+    assert page.status_code == 200
+    assert "webhook.test" in page.text and "patient.ehi_export_failed" in page.text
+    parked = dash.client.get("/dashboard/events", params={"status": "parked"})
+    assert "patient.ehi_export_failed" in parked.text and "webhook.test" not in parked.text
+    typed = dash.client.get("/dashboard/events", params={"type": "webhook.test"})
+    assert "webhook.test" in typed.text and "patient.ehi_export_failed" not in typed.text
+    by_conn = dash.client.get(
+        "/dashboard/events", params={"org_connection_id": dash.seeded.org_connection_id}
+    )
+    assert "patient.connection_success" in by_conn.text and "webhook.test" not in by_conn.text
+
+
+def test_replay_button_requeues_the_event(dash: Dash) -> None:
+    csrf = login(dash.client)
+    event_id = dash.seeded.parked_event_id
+    response = dash.client.post(
+        "/dashboard/events/replay",
+        data={"ids": str(event_id), "csrf_token": csrf},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303
+    with dash.db.read_session() as session:
+        event = session.get(InboxEvent, event_id)
+        assert event is not None
+        assert event.status == "received"
+        assert event.replays == 1
+        assert event.last_error is None
+    rows = _audit(dash)
+    assert (rows[-1].action, rows[-1].target_type, rows[-1].target_id) == (
+        "dashboard.event.replay",
+        "event",
+        str(event_id),
+    )
+
+
+def test_replay_over_htmx_returns_the_updated_row(dash: Dash) -> None:
+    csrf = login(dash.client)
+    event_id = dash.seeded.parked_event_id
+    response = dash.client.post(
+        "/dashboard/events/replay",
+        data={"ids": str(event_id)},
+        headers={"hx-request": "true", "x-csrf-token": csrf},
+    )
+    assert response.status_code == 200
+    assert f'id="event-{event_id}"' in response.text
+    assert "s-received" in response.text
+    assert (
+        dash.client.post("/dashboard/events/replay", data={"csrf_token": csrf}).status_code == 422
+    )
+
+
+def test_failures_page_lists_parked_failed_and_alerts(dash: Dash) -> None:
+    login(dash.client)
+    response = dash.client.get("/dashboard/failures")
+    assert response.status_code == 200
+    html = response.text
+    assert f'id="event-{dash.seeded.parked_event_id}"' in html
+    assert "token_refresh_failure" in html
+    assert "export failed: token_refresh_failure" in html
+
+
+def test_request_export_and_retry_buttons(dash: Dash) -> None:
+    csrf = login(dash.client)
+    seeded = dash.seeded
+    response = dash.client.post(
+        f"/dashboard/connections/{seeded.connection_id}/export",
+        data={"csrf_token": csrf},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303
+    assert response.headers["location"].endswith("notice=export_requested")
+    with dash.db.read_session() as session:
+        exports = list(
+            session.scalars(select(Export).where(Export.connection_id == seeded.connection_id))
+        )
+    requested = [e for e in exports if e.id not in seeded.export_ids]
+    assert len(requested) == 1 and requested[0].trigger == "manual"
+    # Retrying while one is active returns the active one (no duplicate export).
+    retry = dash.client.post(
+        f"/dashboard/exports/{seeded.failed_export_id}/retry",
+        data={"csrf_token": csrf},
+        follow_redirects=False,
+    )
+    assert retry.status_code == 303
+    with dash.db.read_session() as session:
+        count = len(
+            list(
+                session.scalars(select(Export).where(Export.connection_id == seeded.connection_id))
+            )
+        )
+    assert count == 3
+    actions = [r.action for r in _audit(dash)]
+    assert "dashboard.export.request" in actions and "dashboard.export.retry" in actions
+
+
+def test_request_export_of_a_revoked_connection_is_a_conflict(dash: Dash) -> None:
+    csrf = login(dash.client)
+    with dash.db.read_session() as session:
+        revoked = session.scalars(select(Connection).where(Connection.status == "revoked")).one()
+    response = dash.client.post(
+        f"/dashboard/connections/{revoked.id}/export", data={"csrf_token": csrf}
+    )
+    assert response.status_code == 409
+
+
+def test_static_assets_are_served_and_others_are_not(dash: Dash) -> None:
+    for name in ("htmx.min.js", "chart.umd.min.js", "dashboard.js", "dashboard.css"):
+        assert dash.client.get(f"/dashboard/static/{name}").status_code == 200
+    assert dash.client.get("/dashboard/static/..%2Fendpoints.py").status_code == 404
+    assert dash.client.get("/dashboard/static/htmx.LICENSE.txt").status_code == 404

@@ -1,0 +1,226 @@
+"""Applying stored events: repeats and every order end in the right states."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import select
+
+from ehi_bridge.config import Settings
+from ehi_bridge.connections.models import Connection
+from ehi_bridge.db.base import utcnow
+from ehi_bridge.db.engine import Database
+from ehi_bridge.exports.models import Export
+from ehi_bridge.records.models import Resource
+from ehi_bridge.webhooks.models import InboxEvent
+from ehi_bridge.webhooks.service import EventRejected, FollowUps, apply_event, replay_events
+from tests.webhook_client import connection_success, envelope
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+SETTINGS = Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def store(db: Database, event: dict[str, Any]) -> int:
+    org_connection_id = (event.get("data") or {}).get("org_connection_id")
+    with db.session() as session:
+        row = InboxEvent(
+            event_id=event["id"],
+            webhook_id=event["id"],
+            event_type=event["type"],
+            api_mode=event["api_mode"],
+            body=orjson.dumps(event),
+            received_at=utcnow(),
+            last_received_at=utcnow(),
+            delivery_count=1,
+            status="received",
+            org_connection_id=org_connection_id if isinstance(org_connection_id, str) else None,
+            attempts=0,
+            apply_count=0,
+            replays=0,
+        )
+        session.add(row)
+        session.flush()
+        return row.id
+
+
+def deliver(db: Database, event: dict[str, Any]) -> FollowUps:
+    return apply_event(db, SETTINGS, store(db, event))
+
+
+def success(conn: str, at: datetime, status: str = "authorized") -> dict[str, Any]:
+    return envelope(
+        "patient.connection_success", connection_success(conn, connection_status=status), date=at
+    )
+
+
+def export_success(conn: str, task: str, at: datetime) -> dict[str, Any]:
+    return envelope(
+        "patient.ehi_export_success",
+        {
+            "org_connection_id": conn,
+            "task_id": task,
+            "org_id": "org-1",
+            "download_links": [{"url": "https://api.example/x.jsonl", "export_type": "jsonl"}],
+            "stats": {"total_resources": 3, "total_by_resource_type": {"Patient": 1}},
+        },
+        date=at,
+    )
+
+
+def revoked(conn: str, at: datetime) -> dict[str, Any]:
+    return envelope(
+        "patient.authorization_revoked",
+        {"org_connection_id": conn, "platform_type": "epic", "connection_status": "revoked"},
+        date=at,
+    )
+
+
+def connection(db: Database, org_id: str) -> Connection:
+    with db.read_session() as session:
+        return session.scalars(
+            select(Connection).where(Connection.org_connection_id == org_id)
+        ).one()
+
+
+def exports(db: Database) -> list[Export]:
+    with db.read_session() as session:
+        return list(session.scalars(select(Export).order_by(Export.id)))
+
+
+def test_success_requests_one_export_and_repeat_changes_nothing(db: Database) -> None:
+    event = success("c1", T0)
+    first = deliver(db, event)
+    assert len(first.run_exports) == 1
+    inbox_id = store(db, {**success("c1", T0 + timedelta(seconds=1))})
+    assert apply_event(db, SETTINGS, inbox_id).run_exports == []
+    assert apply_event(db, SETTINGS, inbox_id).run_exports == []  # same row again: no-op
+    assert connection(db, "c1").status == "authorized"
+    assert [e.status for e in exports(db)] == ["requested"]
+    with db.read_session() as session:
+        assert session.get(InboxEvent, inbox_id).apply_count == 1  # type: ignore[union-attr]
+
+
+def test_revocation_before_success_ends_revoked_without_export(db: Database) -> None:
+    deliver(db, revoked("c2", T0 + timedelta(minutes=5)))
+    follow = deliver(db, success("c2", T0))
+    assert follow.run_exports == []
+    assert connection(db, "c2").status == "revoked"
+    assert exports(db) == []
+
+
+def test_export_success_before_connection_success(db: Database) -> None:
+    follow = deliver(db, export_success("c3", "task-3", T0 + timedelta(minutes=2)))
+    assert len(follow.ingest_exports) == 1
+    assert deliver(db, success("c3", T0)).run_exports == []
+    (export,) = exports(db)
+    assert (export.status, export.task_id, export.stats_total) == ("downloading", "task-3", 3)
+    assert connection(db, "c3").status == "authorized"
+
+
+def test_export_success_twice_downloads_once(db: Database) -> None:
+    deliver(db, success("c4", T0))
+    first = deliver(db, export_success("c4", "task-4", T0 + timedelta(minutes=1)))
+    again = deliver(db, export_success("c4", "task-4", T0 + timedelta(minutes=2)))
+    assert len(first.ingest_exports) == 1 and again.ingest_exports == []
+    (export,) = exports(db)  # the requested export took the task id
+    assert export.status == "downloading"
+    assert export.file_expires_at == T0 + timedelta(minutes=1, hours=24)
+
+
+def test_success_after_timeout_is_processed(db: Database) -> None:
+    deliver(db, success("c5", T0))
+    with db.session() as session:
+        export = session.scalars(select(Export)).one()
+        export.status, export.task_id = "timed_out", "task-5"
+    follow = deliver(db, export_success("c5", "task-5", T0 + timedelta(hours=2)))
+    assert len(follow.ingest_exports) == 1
+    assert exports(db)[0].status == "downloading"
+
+
+def test_export_failed_records_reason_and_alerts(db: Database) -> None:
+    deliver(db, success("c6", T0))
+    failed = envelope(
+        "patient.ehi_export_failed",
+        {"org_connection_id": "c6", "task_id": "task-6", "failure_reason": "token_refresh_failure"},
+        date=T0 + timedelta(minutes=1),
+    )
+    follow = deliver(db, failed)
+    (export,) = exports(db)
+    assert (export.status, export.failure_reason) == ("failed", "token_refresh_failure")
+    assert [a.kind for a in follow.alerts] == ["export_failed"]
+    assert "token_refresh_failure" in follow.alerts[0].message
+
+
+def test_revocation_cancels_exports_and_marks_records(db: Database) -> None:
+    deliver(db, success("c7", T0))
+    conn = connection(db, "c7")
+    with db.session() as session:
+        session.add(
+            Resource(
+                connection_id=conn.id,
+                resource_type="Patient",
+                resource_id="p1",
+                raw=b"{}",
+                content_hash=b"0" * 32,
+                version=1,
+                ingested_at=utcnow(),
+            )
+        )
+    follow = deliver(db, revoked("c7", T0 + timedelta(hours=1)))
+    assert follow.cancelled_exports == [exports(db)[0].id]
+    assert exports(db)[0].status == "cancelled"
+    with db.read_session() as session:
+        assert session.scalars(select(Resource.revoked)).all() == [True]
+
+
+@pytest.mark.parametrize(
+    "order", list(itertools.permutations(range(3))), ids=lambda o: "-".join(map(str, o))
+)
+def test_any_order_of_connect_export_revoke_ends_revoked_and_cancelled(
+    db: Database, order: tuple[int, ...]
+) -> None:
+    events = [
+        success("c8", T0),
+        export_success("c8", "task-8", T0 + timedelta(minutes=1)),
+        revoked("c8", T0 + timedelta(minutes=2)),
+    ]
+    for index in order:
+        deliver(db, events[index])
+    assert connection(db, "c8").status == "revoked"
+    assert {e.status for e in exports(db)} == {"cancelled"}
+
+
+def test_unknown_type_is_stored_and_ignored(db: Database) -> None:
+    inbox_id = store(db, envelope("patient.request_support", {"message": "help"}))
+    assert apply_event(db, SETTINGS, inbox_id) == FollowUps()
+    with db.read_session() as session:
+        assert session.get(InboxEvent, inbox_id).status == "ignored"  # type: ignore[union-attr]
+
+
+def test_tefca_event_without_ids_is_applied_without_a_connection(db: Database) -> None:
+    event = envelope("patient.connection_success", {"connection_status": "authorized"})
+    deliver(db, event)
+    with db.read_session() as session:
+        assert session.scalars(select(Connection)).all() == []
+        assert session.scalars(select(InboxEvent.status)).one() == "applied"
+
+
+def test_invalid_payload_is_rejected_for_parking(db: Database) -> None:
+    event = envelope("patient.ehi_export_failed", {"org_connection_id": ["not", "a", "string"]})
+    with pytest.raises(EventRejected):
+        deliver(db, event)
+
+
+def test_replay_runs_an_event_again(db: Database) -> None:
+    inbox_id = store(db, success("c9", T0))
+    apply_event(db, SETTINGS, inbox_id)
+    assert replay_events(db, [inbox_id]) == 1
+    apply_event(db, SETTINGS, inbox_id)
+    with db.read_session() as session:
+        row = session.get(InboxEvent, inbox_id)
+        assert row is not None and (row.apply_count, row.replays) == (2, 1)
+    assert len(exports(db)) == 1  # the effects stay idempotent
