@@ -283,3 +283,33 @@ def test_static_assets_are_served_and_others_are_not(dash: Dash) -> None:
         assert dash.client.get(f"/dashboard/static/{name}").status_code == 200
     assert dash.client.get("/dashboard/static/..%2Fendpoints.py").status_code == 404
     assert dash.client.get("/dashboard/static/htmx.LICENSE.txt").status_code == 404
+
+
+def test_chart_data_counts_are_right(dash: Dash) -> None:
+    import html as html_lib
+    import json
+    import re
+
+    login(dash.client)
+    page = dash.client.get("/dashboard").text
+    match = re.search(r'<script type="application/json" id="chart-data">(.*?)</script>', page, re.S)
+    assert match
+    charts = json.loads(html_lib.unescape(match.group(1)))
+    histogram = dict(zip(charts["histogram"]["labels"], charts["histogram"]["values"], strict=True))
+    assert histogram["30-60 min"] == 1  # authorized 2 h ago, records 90 min ago
+    assert sum(histogram.values()) == 1
+    exports = dict(zip(charts["exports"]["labels"], charts["exports"]["values"], strict=True))
+    assert exports == {"complete": 1, "failed": 1}
+    failures = dict(zip(charts["failures"]["labels"], charts["failures"]["values"], strict=True))
+    assert failures == {
+        "export token_refresh_failure": 1,
+        "parked patient.ehi_export_failed": 1,
+    }
+    series = {s["name"]: sum(s["values"]) for s in charts["deliveries"]["series"]}
+    assert series == {
+        "patient.connection_success": 1,
+        "patient.ehi_export_success": 1,
+        "patient.ehi_export_failed": 1,
+        "webhook.test": 1,
+    }
+    assert len(charts["deliveries"]["labels"]) in (48, 49)
