@@ -454,3 +454,61 @@ def failures(request: Request, user: UserDep, session: ReadSession) -> Response:
             nav="failures",
         ),
     )
+
+
+# -- connect links ------------------------------------------------------------------------
+
+LINK_TTL_CHOICES = (1, 24, 72, 168)
+
+
+@router.get("/connect-link")
+def connect_link_form(request: Request, user: UserDep) -> Response:
+    return render(
+        request,
+        "connect_link.html",
+        _page(request, user, link=None, error=None, ttls=LINK_TTL_CHOICES, nav="connect-link"),
+    )
+
+
+@router.post("/connect-link")
+def connect_link_create(
+    request: Request,
+    ctx: CtxDep,
+    user: CsrfUserDep,
+    external_id: Annotated[str, Form(min_length=1, max_length=255)],
+    ttl_hours: Annotated[int, Form(ge=1, le=168)] = 24,
+) -> Response:
+    """A signed link for the patient ``external_id`` to open the connect page."""
+    from ehi_bridge.auth.connect_links import ConnectLinkError, make_connect_token
+
+    link = error = None
+    try:
+        token = make_connect_token(ctx.settings, external_id.strip(), ttl=ttl_hours * 3600)
+        base = ctx.settings.public_base_url.rstrip("/")
+        link = f"{base}/connect?{urlencode({'token': token})}"
+        with ctx.db.session() as session:
+            record_audit(
+                session,
+                _actor(user),
+                "dashboard.connect_link.create",
+                "external_id",
+                external_id.strip(),
+                request.url.path,
+            )
+    except ConnectLinkError:
+        error = "EHI_CONNECT_LINK_SECRET is not set: connect links cannot be made."
+    return render(
+        request,
+        "connect_link.html",
+        _page(
+            request,
+            user,
+            link=link,
+            error=error,
+            external_id=external_id.strip(),
+            ttl_hours=ttl_hours,
+            ttls=LINK_TTL_CHOICES,
+            nav="connect-link",
+        ),
+        status_code=200 if link else 409,
+    )

@@ -313,3 +313,35 @@ def test_chart_data_counts_are_right(dash: Dash) -> None:
         "webhook.test": 1,
     }
     assert len(charts["deliveries"]["labels"]) in (48, 49)
+
+
+def test_connect_link_page_makes_a_working_audited_link(dash: Dash) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    from ehi_bridge.auth.connect_links import read_connect_token
+
+    csrf = login(dash.client)
+    assert dash.client.get("/dashboard/connect-link").status_code == 200
+    assert (
+        dash.client.post("/dashboard/connect-link", data={"external_id": "p-9"}).status_code == 403
+    )
+    response = dash.client.post(
+        "/dashboard/connect-link",
+        data={"external_id": "p-9", "ttl_hours": "1", "csrf_token": csrf},
+    )
+    assert response.status_code == 200
+    import re
+
+    match = re.search(r'id="connect-link" class="mono small" href="([^"]+)"', response.text)
+    assert match
+    url = urlsplit(match.group(1).replace("&amp;", "&"))
+    assert url.path == "/connect"
+    token = parse_qs(url.query)["token"][0]
+    assert read_connect_token(dash.settings, token) == "p-9"
+    assert dash.client.get("/connect", params={"token": token}).status_code == 200
+    row = _audit(dash)[-1]
+    assert (row.action, row.target_type, row.target_id) == (
+        "dashboard.connect_link.create",
+        "external_id",
+        "p-9",
+    )
