@@ -43,6 +43,9 @@ def _settings() -> Settings:
 def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
     port: int = typer.Option(8000, help="Port to bind."),
+    background: bool = typer.Option(
+        True, help="Also run background processing (off: run `ehi-bridge worker` beside it)."
+    ),
 ) -> None:
     """Run the web service (webhooks, API, dashboard) and background processing."""
     import uvicorn
@@ -53,13 +56,14 @@ def serve(
     settings = _settings()
     ensure_schema(settings.resolved_database_url)
     uvicorn.run(
-        Service(settings),
+        Service(settings, background=background),
         host=host,
         port=port,
         loop="uvloop",
         http="httptools",
         lifespan="on",
         access_log=False,
+        proxy_headers=False,
         log_config=None,
         timeout_graceful_shutdown=10,
     )

@@ -18,8 +18,6 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import Insert
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ehi_bridge.db.engine import Database
 from ehi_bridge.webhooks.models import InboxEvent, InboxStatus
@@ -48,16 +46,40 @@ _Waiter = tuple[Delivery, asyncio.Future[None], asyncio.AbstractEventLoop]
 _STOP = object()
 
 
-def _upsert_statement(db: Database) -> Insert:
-    table = InboxEvent.__table__
-    insert = sqlite.insert(table) if db.is_sqlite else postgresql.insert(table)
-    return insert.on_conflict_do_update(
-        index_elements=[table.c.event_id],
-        set_={
-            "delivery_count": table.c.delivery_count + insert.excluded.delivery_count,
-            "last_received_at": insert.excluded.last_received_at,
-        },
-    )
+class _RawInsert:
+    """The upsert as driver SQL, executed on a raw DBAPI connection.
+
+    The hot path skips SQLAlchemy's per-row parameter processing; only the two datetime
+    columns need converting, done with the column type's own bind processor so the stored
+    values are exactly what the ORM writes and reads. The SQL is the same on SQLite and
+    PostgreSQL but for the placeholder style.
+    """
+
+    COLUMNS = (
+        "event_id", "webhook_id", "event_type", "api_mode", "body", "received_at",
+        "last_received_at", "delivery_count", "status", "org_connection_id", "attempts",
+        "apply_count", "replays",
+    )  # fmt: skip
+
+    def __init__(self, db: Database) -> None:
+        placeholder = "?" if db.is_sqlite else "%s"  # sqlite3 qmark, psycopg format
+        self.sql = (
+            f"INSERT INTO inbox_events ({', '.join(self.COLUMNS)}) "
+            f"VALUES ({', '.join([placeholder] * len(self.COLUMNS))}) "
+            "ON CONFLICT (event_id) DO UPDATE SET "
+            "delivery_count = inbox_events.delivery_count + excluded.delivery_count, "
+            "last_received_at = excluded.last_received_at"
+        )
+        column = InboxEvent.__table__.c.received_at
+        self.datetime_processor = column.type._cached_bind_processor(db.engine.dialect)
+
+    def params(self, rows: list[dict[str, Any]]) -> list[Any]:
+        convert = self.datetime_processor
+        if convert is not None:
+            for row in rows:
+                row["received_at"] = convert(row["received_at"])
+                row["last_received_at"] = convert(row["last_received_at"])
+        return [tuple(row[name] for name in self.COLUMNS) for row in rows]
 
 
 def _rows(batch: list[_Waiter]) -> list[dict[str, Any]]:
@@ -102,7 +124,8 @@ class InboxWriter:
         self, db: Database, on_commit: Callable[[], None] | None = None, max_batch: int = MAX_BATCH
     ) -> None:
         self._db = db
-        self._statement = _upsert_statement(db)
+        self._insert = _RawInsert(db)
+        self._connection: Any = None
         self._queue: queue.SimpleQueue[_Waiter | object] = queue.SimpleQueue()
         self._on_commit = on_commit
         self._max_batch = max_batch
@@ -124,6 +147,10 @@ class InboxWriter:
         self._queue.put(_STOP)
         self._thread.join(timeout=30)
         self._thread = None
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.close()
+            self._connection = None
 
     async def submit(self, delivery: Delivery) -> None:
         """Return once the delivery is durably committed; raise ``InboxUnavailable`` if not."""
@@ -152,14 +179,37 @@ class InboxWriter:
                 batch.append(item)  # type: ignore[arg-type]
             self._commit(batch)
 
+    def _write(self, params: list[Any]) -> None:
+        if self._connection is None:
+            self._connection = self._db.engine.raw_connection()
+        connection = self._connection
+        cursor = connection.cursor()
+        try:
+            if self._db.is_sqlite:
+                cursor.execute("BEGIN IMMEDIATE")
+            cursor.executemany(self._insert.sql, params)
+            connection.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                connection.rollback()
+            raise
+        finally:
+            cursor.close()
+
+    def _discard_connection(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.invalidate()
+            self._connection = None
+
     def _commit(self, batch: list[_Waiter]) -> None:
         error: BaseException | None = None
         try:
-            with self._db.engine.begin() as conn:
-                conn.execute(self._statement, _rows(batch))
+            self._write(self._insert.params(_rows(batch)))
         except Exception as exc:
             log.error("inbox commit failed", deliveries=len(batch), error_type=type(exc).__name__)
             error = InboxUnavailable("database unavailable")
+            self._discard_connection()
         by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for _, future, loop in batch:
             by_loop.setdefault(loop, []).append(future)
