@@ -6,6 +6,12 @@
   var data = JSON.parse(node.textContent);
   var palette = ["#2f6fde", "#1f8a4c", "#b7791f", "#c53030", "#6b46c1", "#0e7490", "#be185d", "#4b5563"];
   var color = function (i) { return palette[i % palette.length]; };
+  var STATUS_COLORS = {
+    complete: "#1f8a4c", partial: "#b7791f", failed: "#c53030", timed_out: "#dd6b20",
+    expired: "#9b2c2c", cancelled: "#6b7280", requested: "#93b4f0", pending: "#2f6fde",
+    downloading: "#0e7490", ingesting: "#6b46c1"
+  };
+  var statusColor = function (s, i) { return STATUS_COLORS[s] || color(i); };
   Chart.defaults.font.family = getComputedStyle(document.body).fontFamily;
   Chart.defaults.maintainAspectRatio = false;
   Chart.defaults.animation = false;
@@ -27,7 +33,7 @@
   });
   draw("chart-exports", {
     type: "doughnut",
-    data: { labels: data.exports.labels, datasets: [{ data: data.exports.values, backgroundColor: data.exports.labels.map(function (_, i) { return color(i); }) }] },
+    data: { labels: data.exports.labels, datasets: [{ data: data.exports.values, backgroundColor: data.exports.labels.map(statusColor) }] },
     options: { plugins: { legend: { position: "right" } } }
   });
   draw("chart-histogram", {
