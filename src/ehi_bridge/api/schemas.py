@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 # Identifiers and filter values: bounded, printable (PostgreSQL rejects NUL in text).
 Ident = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$")]
@@ -181,6 +188,13 @@ class WidgetComplete(BaseModel):
     connect_token: str | None = Field(
         default=None, max_length=2048, description="Signed connect-link token, if no header"
     )
+
+    @field_validator(
+        "endpoint_id", "brand_id", "portal_id", "platform_type", "external_id", mode="before"
+    )
+    @classmethod
+    def _empty_is_missing(cls, value: object) -> object:
+        return None if value == "" else value
 
 
 class Problem(BaseModel):

@@ -80,7 +80,7 @@ def test_connect_link_records_the_connection(
 def test_api_token_records_the_connection(client: TestClient, db: Database, auth: dict) -> None:
     response = client.post(
         "/api/connect/complete",
-        json={**WIDGET, "external_id": "patient-9", "api_mode": "live"},
+        json={**WIDGET, "external_id": "patient-9", "api_mode": "live", "portal_id": ""},
         headers=auth,
     )
     assert response.status_code == 200, response.text
