@@ -75,6 +75,7 @@ class Runtime:
             try:
                 while self.dispatch_once() == DISPATCH_BATCH and not self._stop.is_set():
                     pass
+                self.dispatch_requested_exports()
             except Exception as exc:  # keep dispatching; the rows stay 'received'
                 log.error("dispatch failed", error_type=type(exc).__name__)
                 self._stop.wait(1.0)
@@ -94,6 +95,17 @@ class Runtime:
         with self.db.session() as session:
             inbox_repo.mark_queued(session, [inbox_id for inbox_id, _ in rows])
         return len(rows)
+
+    def dispatch_requested_exports(self) -> int:
+        """Exports asked for by the API or CLI (any process) get their workflow here."""
+        from ehi_bridge.exports import repository as exports_repo
+        from ehi_bridge.exports.tasks import start_export
+
+        with self.db.read_session() as session:
+            ids = exports_repo.requested_ids(session, DISPATCH_BATCH)
+        for export_id in ids:
+            start_export(export_id)
+        return len(ids)
 
 
 _current: Runtime | None = None

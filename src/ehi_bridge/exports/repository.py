@@ -70,3 +70,21 @@ def create(
     session.add(export)
     session.flush()
     return export
+
+
+def requested_ids(session: Session, limit: int) -> list[int]:
+    return list(
+        session.scalars(
+            select(Export.id)
+            .where(Export.status == ExportStatus.REQUESTED, Export.task_id.is_(None))
+            .order_by(Export.id)
+            .limit(limit)
+        )
+    )
+
+
+def recent(session: Session, limit: int, status: str | None = None) -> Sequence[Export]:
+    query = select(Export).order_by(Export.id.desc()).limit(limit)
+    if status:
+        query = query.where(Export.status == status)
+    return session.scalars(query).all()
