@@ -1,5 +1,151 @@
-"""`ehi-bridge records …` commands."""
+"""`ehi-bridge import FILE --connection ID` and `ehi-bridge records …` commands."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="records commands")
+app = typer.Typer(no_args_is_help=True, help="Stored FHIR records.")
+
+
+def import_command(
+    file: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, readable=True, help="NDJSON/JSONL or Bundle file."
+    ),
+    connection: str = typer.Option(
+        ..., "--connection", help="Connection id (ours or Fasten's org_connection_id)."
+    ),
+    external_id: str | None = typer.Option(
+        None, "--external-id", help="Your user id, for a connection created by this import."
+    ),
+    json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Ingest a FHIR export file. An unknown connection becomes a ``manual`` connection."""
+    import orjson
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from ehi_bridge.config import Settings
+    from ehi_bridge.connections.repository import ensure_manual_connection
+    from ehi_bridge.db.engine import Database
+    from ehi_bridge.db.migrate import ensure_schema
+    from ehi_bridge.records.ingest import ingest_file
+
+    settings = Settings()
+    url = settings.resolved_database_url
+    ensure_schema(url)
+    db = Database(url)
+    console = Console(stderr=True)
+    try:
+        with db.session() as session:
+            connection_id = ensure_manual_connection(session, connection, external_id).id
+        size = file.stat().st_size
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("ingesting", total=size)
+            report = ingest_file(
+                db,
+                file,
+                connection_id=connection_id,
+                export_id=None,
+                progress=lambda done: bar.update(task, completed=done),
+            )
+    finally:
+        db.dispose()
+    if json_output:
+        typer.echo(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        _print_report(report.as_dict())
+    if not report.complete:
+        raise typer.Exit(code=2)
+
+
+def _print_report(data: dict[str, object]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    summary = Table("", "", show_header=False, box=None)
+    for key in (
+        "connection_id",
+        "status",
+        "lines",
+        "resources",
+        "inserted",
+        "updated",
+        "unchanged",
+        "duplicates",
+        "errors",
+        "seconds",
+    ):
+        summary.add_row(key, str(data[key]))
+    console.print(summary)
+    by_type = data.get("by_type") or {}
+    if isinstance(by_type, dict) and by_type:
+        table = Table("resource type", "count")
+        for rtype, count in by_type.items():
+            table.add_row(str(rtype), str(count))
+        console.print(table)
+    for sample in data.get("error_samples") or []:  # type: ignore[attr-defined]
+        console.print(f"line {sample['line']}: {sample['reason']}")
+    for mismatch in data.get("mismatches") or []:  # type: ignore[attr-defined]
+        console.print(
+            f"mismatch {mismatch['resource_type'] or 'total'}: "
+            f"expected {mismatch['expected']}, ingested {mismatch['ingested']}"
+        )
+
+
+@app.command("export")
+def export_command(
+    connection: str = typer.Option(
+        ..., "--connection", help="Connection id (ours or Fasten's org_connection_id)."
+    ),
+    out: str = typer.Option(..., "--out", help="Output NDJSON file, or - for stdout."),
+    resource_type: str | None = typer.Option(None, "--type", help="Only this resource type."),
+) -> None:
+    """Write a connection's stored resources as NDJSON, byte for byte as received."""
+    from ehi_bridge.config import Settings
+    from ehi_bridge.connections.repository import find
+    from ehi_bridge.db.engine import Database
+    from ehi_bridge.db.migrate import ensure_schema
+    from ehi_bridge.records.repository import iter_raw
+
+    url = Settings().resolved_database_url
+    ensure_schema(url)
+    db = Database(url)
+    try:
+        with db.read_session() as session:
+            found = find(session, connection)
+            connection_id = found.id if found is not None else None
+        if connection_id is None:
+            typer.echo(f"unknown connection: {connection}", err=True)
+            raise typer.Exit(code=1)
+        if out == "-":
+            sink = sys.stdout.buffer
+            for chunk in iter_raw(db, [connection_id], resource_type):
+                sink.write(chunk)
+            sink.flush()
+        else:
+            target = Path(out)
+            partial = target.with_name(target.name + ".part")
+            with partial.open("wb") as f:
+                for chunk in iter_raw(db, [connection_id], resource_type):
+                    f.write(chunk)
+            partial.replace(target)
+    finally:
+        db.dispose()

@@ -1,0 +1,488 @@
+"""Queries and writes of stored FHIR resources and ingest errors. All SQL for them is here.
+
+Write side (used by :mod:`ehi_bridge.records.ingest`): batched upserts keyed by
+``(connection_id, resource_type, resource_id)`` that never rewrite an unchanged resource.
+SQLite gets one ``INSERT … ON CONFLICT DO UPDATE … WHERE hash differs`` through
+``executemany``; PostgreSQL gets ``COPY`` (binary) into a temporary table, then one
+``INSERT … SELECT … ON CONFLICT DO UPDATE … WHERE hash differs``.
+
+Read side (API, CLI): counts, keyset pages, single resources, and NDJSON / Bundle streams
+that never hold more than one chunk of rows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final, cast
+
+import orjson
+from sqlalchemy import Connection, Table, delete, func, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from ehi_bridge.db.engine import Database
+from ehi_bridge.records.models import IngestError, Resource
+
+RESOURCES = cast(Table, Resource.__table__)
+ERRORS = cast(Table, IngestError.__table__)
+Key = tuple[str, str]  # (resource_type, resource_id)
+
+# Column order of every row the ingest writes.
+WRITE_COLUMNS: Final = (
+    "connection_id",
+    "resource_type",
+    "resource_id",
+    "raw",
+    "content_hash",
+    "version",
+    "last_updated",
+    "patient_ref",
+    "export_id",
+    "ingested_at",
+    "revoked",
+)
+_UPDATED_ON_CONFLICT: Final = (
+    "raw",
+    "content_hash",
+    "version",
+    "last_updated",
+    "patient_ref",
+    "export_id",
+    "ingested_at",
+)
+_STAGE_TABLE: Final = "ehi_ingest_stage"
+_LOOKUP_CHUNK: Final = 400  # keys per SELECT … IN (…): well under any bind-parameter limit
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    """What the database holds for one key, as far as the ingest needs to know."""
+
+    content_hash: bytes
+    version: int
+    ingested_at: datetime
+
+
+# --------------------------------------------------------------------------- write side
+
+
+class ResourceWriter:
+    """Writes batches of resource rows on one SQLAlchemy ``Connection`` (its transaction).
+
+    Rows are tuples in :data:`WRITE_COLUMNS` order. Build one per ingest run.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.dialect = conn.dialect.name
+        processor = RESOURCES.c.ingested_at.type.bind_processor(conn.dialect)
+        self._bind_time: Callable[[Any], Any] = processor or (lambda value: value)
+        if self.dialect == "sqlite":
+            self._sql = self._sqlite_upsert_sql()
+        elif self.dialect == "postgresql":
+            self._sql = self._pg_upsert_sql()
+        else:  # pragma: no cover - only SQLite and PostgreSQL are supported
+            raise ValueError(f"unsupported database: {self.dialect}")
+
+    def bind_time(self, value: datetime) -> Any:
+        """``ingested_at`` as the driver wants it (SQLite stores the UTC text form)."""
+        return self._bind_time(value)
+
+    def _sqlite_upsert_sql(self) -> str:
+        stmt = sqlite.insert(RESOURCES)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["connection_id", "resource_type", "resource_id"],
+            set_={name: stmt.excluded[name] for name in _UPDATED_ON_CONFLICT},
+            where=RESOURCES.c.content_hash != stmt.excluded.content_hash,
+        )
+        compiled = stmt.values({name: None for name in WRITE_COLUMNS}).compile(
+            dialect=self.conn.dialect
+        )
+        positions = compiled.positiontup or []
+        if tuple(positions) != WRITE_COLUMNS:  # pragma: no cover - guards the tuple layout
+            raise RuntimeError(f"unexpected parameter order {positions}")
+        return str(compiled)
+
+    def _pg_upsert_sql(self) -> str:
+        from sqlalchemy import Column, MetaData
+
+        stage = Table(
+            _STAGE_TABLE,
+            MetaData(),
+            *(Column(name, RESOURCES.c[name].type) for name in WRITE_COLUMNS),
+        )
+        stmt = postgresql.insert(RESOURCES).from_select(
+            list(WRITE_COLUMNS), select(*(stage.c[name] for name in WRITE_COLUMNS))
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["connection_id", "resource_type", "resource_id"],
+            set_={name: stmt.excluded[name] for name in _UPDATED_ON_CONFLICT},
+            where=RESOURCES.c.content_hash.is_distinct_from(stmt.excluded.content_hash),
+        )
+        return str(stmt.compile(dialect=self.conn.dialect))
+
+    def prepare(self) -> None:
+        """Per-connection set-up: the PostgreSQL staging table; SQLite's larger page cache."""
+        if self.dialect == "postgresql":
+            self.conn.exec_driver_sql(
+                f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE_TABLE} ("
+                "connection_id varchar(64), resource_type varchar(64), "
+                "resource_id varchar(255), raw bytea, content_hash bytea, version integer, "
+                "last_updated varchar(64), patient_ref varchar(255), export_id bigint, "
+                "ingested_at timestamptz, revoked boolean) ON COMMIT DELETE ROWS"
+            )
+        else:
+            # 32 MiB page cache (default 2 MiB) keeps the two indexes' hot pages in memory.
+            pass  # self.conn.exec_driver_sql("PRAGMA cache_size=-32768")
+
+    def release(self) -> None:
+        if self.dialect == "sqlite":
+            self.conn.exec_driver_sql("PRAGMA cache_size=-2000")
+
+    def upsert(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Insert new keys; rewrite existing keys only where the content hash differs."""
+        if not rows:
+            return
+        dbapi = self.conn.connection.driver_connection
+        assert dbapi is not None
+        if self.dialect == "sqlite":
+            cursor = dbapi.cursor()
+            try:
+                cursor.executemany(self._sql, rows)
+            finally:
+                cursor.close()
+            return
+        with dbapi.cursor() as cursor:
+            columns = ", ".join(WRITE_COLUMNS)
+            copy_sql = f"COPY {_STAGE_TABLE} ({columns}) FROM STDIN (FORMAT BINARY)"
+            with cursor.copy(copy_sql) as copy:
+                copy.set_types(
+                    [
+                        "varchar",
+                        "varchar",
+                        "varchar",
+                        "bytea",
+                        "bytea",
+                        "int4",
+                        "varchar",
+                        "varchar",
+                        "int8",
+                        "timestamptz",
+                        "bool",
+                    ]
+                )
+                for row in rows:
+                    copy.write_row(row)
+            cursor.execute(self._sql)
+            cursor.execute(f"TRUNCATE {_STAGE_TABLE}")
+
+    def lookup(self, connection_id: str, keys: Iterable[Key]) -> dict[Key, StoredState]:
+        """Stored hash, version and ingested_at of those keys that exist."""
+        wanted = list(keys)
+        found: dict[Key, StoredState] = {}
+        for start in range(0, len(wanted), _LOOKUP_CHUNK):
+            chunk = wanted[start : start + _LOOKUP_CHUNK]
+            query = select(
+                Resource.resource_type,
+                Resource.resource_id,
+                Resource.content_hash,
+                Resource.version,
+                Resource.ingested_at,
+            ).where(
+                Resource.connection_id == connection_id,
+                tuple_(Resource.resource_type, Resource.resource_id).in_(chunk),
+            )
+            for rtype, rid, chash, version, ingested_at in self.conn.execute(query):
+                found[(rtype, rid)] = StoredState(bytes(chash), int(version), ingested_at)
+        return found
+
+    def count(self, connection_id: str) -> int:
+        query = select(func.count()).where(Resource.connection_id == connection_id)
+        return int(self.conn.scalar(query) or 0)
+
+    def clear_errors(self, connection_id: str, export_id: int | None) -> None:
+        """Forget the errors of an earlier ingest of the same (connection, export)."""
+        condition = (
+            ERRORS.c.export_id.is_(None) if export_id is None else ERRORS.c.export_id == export_id
+        )
+        self.conn.execute(delete(ERRORS).where(ERRORS.c.connection_id == connection_id, condition))
+
+    def add_errors(
+        self,
+        connection_id: str,
+        export_id: int | None,
+        errors: Sequence[tuple[int, str]],
+        at: datetime,
+    ) -> None:
+        """Record (line_number, reason) pairs; a line already recorded is left alone."""
+        if not errors:
+            return
+        rows = [
+            {
+                "export_id": export_id,
+                "connection_id": connection_id,
+                "line_number": line,
+                "reason": reason[:255],
+                "created_at": at,
+            }
+            for line, reason in errors
+        ]
+        if self.dialect == "sqlite":
+            self.conn.execute(sqlite.insert(ERRORS).on_conflict_do_nothing(), rows)
+        else:
+            self.conn.execute(postgresql.insert(ERRORS).on_conflict_do_nothing(), rows)
+
+
+class SeenKeys:
+    """Exact set of keys seen in one ingest run, in bounded memory.
+
+    A private temporary SQLite database (``sqlite3.connect("")``): pages beyond its cache
+    spill to an anonymous temporary file, so a file with millions of ids costs a few MiB of
+    RAM. Not the application database; nothing in it outlives the run.
+    """
+
+    def __init__(self, cache_kib: int = 8192) -> None:
+        self._db = sqlite3.connect("", check_same_thread=False, isolation_level=None)
+        self._db.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute(
+            "CREATE TABLE seen (t TEXT NOT NULL, i TEXT NOT NULL, PRIMARY KEY (t, i)) WITHOUT ROWID"
+        )
+        self._db.execute("BEGIN")
+        self._cursor = self._db.cursor()
+
+    def add(self, resource_type: str, resource_id: str) -> bool:
+        """True when the key is new in this run."""
+        self._cursor.execute(
+            "INSERT OR IGNORE INTO seen VALUES (?, ?)", (resource_type, resource_id)
+        )
+        return self._cursor.rowcount == 1
+
+    def close(self) -> None:
+        self._cursor.close()
+        self._db.close()
+
+
+class RunJournal:
+    """Pre-run state of keys this run rewrote after they existed before it.
+
+    Needed only when a key occurs more than once in one file: the last occurrence wins and
+    the version / counts are judged against what was stored before the run. Bounded
+    memory like :class:`SeenKeys`.
+    """
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("", check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA cache_size=-4096")
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute(
+            "CREATE TABLE prior (t TEXT NOT NULL, i TEXT NOT NULL, hash BLOB NOT NULL, "
+            "version INTEGER NOT NULL, changed INTEGER NOT NULL, PRIMARY KEY (t, i)) "
+            "WITHOUT ROWID"
+        )
+        self._db.execute("BEGIN")
+
+    def remember(self, items: Sequence[tuple[Key, bytes, int, bool]]) -> None:
+        """(key, pre-run hash, pre-run version, content now differs from pre-run)."""
+        if items:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO prior VALUES (?, ?, ?, ?, ?)",
+                [(k[0], k[1], h, v, int(c)) for k, h, v, c in items],
+            )
+
+    def get(self, keys: Iterable[Key]) -> dict[Key, tuple[bytes, int, bool]]:
+        found: dict[Key, tuple[bytes, int, bool]] = {}
+        for key in keys:
+            row = self._db.execute(
+                "SELECT hash, version, changed FROM prior WHERE t = ? AND i = ?", key
+            ).fetchone()
+            if row is not None:
+                found[key] = (bytes(row[0]), int(row[1]), bool(row[2]))
+        return found
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def purge_connection(session: Session, connection_id: str) -> int:
+    """Delete every stored resource and ingest error of a connection; rows deleted."""
+    result = session.execute(delete(Resource).where(Resource.connection_id == connection_id))
+    session.execute(delete(IngestError).where(IngestError.connection_id == connection_id))
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def mark_connection_revoked(session: Session, connection_id: str) -> int:
+    """Keep a revoked connection's resources, flagged ``revoked``; rows newly flagged."""
+    result = session.execute(
+        update(Resource)
+        .where(Resource.connection_id == connection_id, Resource.revoked.is_(False))
+        .values(revoked=True)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------- read side
+
+
+def _of(connection_ids: Sequence[str]) -> Any:
+    if len(connection_ids) == 1:
+        return Resource.connection_id == connection_ids[0]
+    return Resource.connection_id.in_(list(connection_ids))
+
+
+def count_by_type(session: Session, connection_ids: Sequence[str]) -> dict[str, int]:
+    """Number of stored resources per resource type, sorted by type."""
+    if not connection_ids:
+        return {}
+    rows = session.execute(
+        select(Resource.resource_type, func.count())
+        .where(_of(connection_ids))
+        .group_by(Resource.resource_type)
+        .order_by(Resource.resource_type)
+    )
+    return {str(rtype): int(n) for rtype, n in rows}
+
+
+def count_resources(
+    session: Session, connection_ids: Sequence[str], resource_type: str | None = None
+) -> int:
+    if not connection_ids:
+        return 0
+    query = select(func.count()).select_from(Resource).where(_of(connection_ids))
+    if resource_type is not None:
+        query = query.where(Resource.resource_type == resource_type)
+    return int(session.scalar(query) or 0)
+
+
+def list_resources(
+    session: Session,
+    *,
+    connection_ids: Sequence[str],
+    resource_type: str | None = None,
+    after_id: int | None = None,
+    limit: int,
+) -> list[Resource]:
+    """One page ordered by the row id; pass the last row's ``id`` as ``after_id`` for the
+    next page (keyset pagination; index ``ix_resources_connection_type_id``)."""
+    if not connection_ids or limit <= 0:
+        return []
+    query = select(Resource).where(_of(connection_ids))
+    if resource_type is not None:
+        query = query.where(Resource.resource_type == resource_type)
+    if after_id is not None:
+        query = query.where(Resource.id > after_id)
+    return list(session.scalars(query.order_by(Resource.id).limit(limit)))
+
+
+def get_resource(
+    session: Session, connection_ids: Sequence[str], resource_type: str, resource_id: str
+) -> Resource | None:
+    """The resource with this type and id among these connections (the newest row if two
+    connections hold the same key)."""
+    if not connection_ids:
+        return None
+    return session.scalars(
+        select(Resource)
+        .where(
+            _of(connection_ids),
+            Resource.resource_type == resource_type,
+            Resource.resource_id == resource_id,
+        )
+        .order_by(Resource.id.desc())
+        .limit(1)
+    ).first()
+
+
+def _raw_rows(
+    session: Session, connection_ids: Sequence[str], resource_type: str | None, chunk_rows: int
+) -> Iterator[bytes]:
+    query = select(Resource.raw).where(_of(connection_ids))
+    if resource_type is not None:
+        query = query.where(Resource.resource_type == resource_type)
+    query = query.order_by(Resource.connection_id, Resource.resource_type, Resource.id)
+    # stream_results: a server-side cursor on PostgreSQL; yield_per bounds the rows fetched.
+    result = session.execute(
+        query.execution_options(stream_results=True, yield_per=chunk_rows)
+    ).scalars()
+    for raw in result:
+        yield bytes(raw)
+
+
+def iter_raw(
+    db: Database,
+    connection_ids: Sequence[str],
+    resource_type: str | None = None,
+    *,
+    chunk_rows: int = 500,
+    chunk_bytes: int = 1024 * 1024,
+) -> Iterator[bytes]:
+    """NDJSON of the stored bytes: chunks of whole lines, each line ending in ``\\n``.
+
+    One read transaction (a consistent snapshot) for the whole stream; memory is one chunk.
+    Ordered by connection, type, then ingest order.
+    """
+    if not connection_ids:
+        return
+    with db.read_session() as session:
+        buffer: list[bytes] = []
+        size = 0
+        for raw in _raw_rows(session, connection_ids, resource_type, chunk_rows):
+            buffer.append(raw)
+            buffer.append(b"\n")
+            size += len(raw) + 1
+            if size >= chunk_bytes or len(buffer) >= 2 * chunk_rows:
+                yield b"".join(buffer)
+                buffer.clear()
+                size = 0
+        if buffer:
+            yield b"".join(buffer)
+
+
+def iter_bundle(
+    db: Database,
+    connection_ids: Sequence[str],
+    resource_type: str | None = None,
+    *,
+    bundle_type: str = "collection",
+    chunk_rows: int = 500,
+    chunk_bytes: int = 1024 * 1024,
+) -> Iterator[bytes]:
+    """A FHIR Bundle (``collection`` or ``searchset``) of the stored resources, streamed:
+    ``{"resourceType":"Bundle","type":…,"total":N,"entry":[{"resource":<raw>},…]}``."""
+    if bundle_type not in ("collection", "searchset"):
+        raise ValueError("bundle_type must be collection or searchset")
+    with db.read_session() as session:
+        total = count_resources(session, connection_ids, resource_type) if connection_ids else 0
+        head = {"resourceType": "Bundle", "type": bundle_type, "total": total}
+        yield orjson.dumps(head)[:-1] + b',"entry":['
+        if connection_ids:
+            buffer: list[bytes] = []
+            size = 0
+            first = True
+            for raw in _raw_rows(session, connection_ids, resource_type, chunk_rows):
+                buffer.append(b'{"resource":' if first else b',{"resource":')
+                buffer.append(raw)
+                buffer.append(b"}")
+                first = False
+                size += len(raw) + 14
+                if size >= chunk_bytes or len(buffer) >= 3 * chunk_rows:
+                    yield b"".join(buffer)
+                    buffer.clear()
+                    size = 0
+            if buffer:
+                yield b"".join(buffer)
+        yield b"]}"
+
+
+def list_errors(
+    session: Session, connection_id: str, export_id: int | None = None, limit: int = 1000
+) -> list[IngestError]:
+    """Ingest errors of a connection (optionally of one export), by line number."""
+    query = select(IngestError).where(IngestError.connection_id == connection_id)
+    if export_id is not None:
+        query = query.where(IngestError.export_id == export_id)
+    return list(session.scalars(query.order_by(IngestError.line_number).limit(limit)))
