@@ -8,6 +8,7 @@ from ehi_bridge.auth.cli import app as auth_app
 from ehi_bridge.config import Settings
 from ehi_bridge.exports.cli import app as exports_app
 from ehi_bridge.records.cli import app as records_app
+from ehi_bridge.records.cli import import_command
 from ehi_bridge.simulator.cli import app as simulator_app
 
 app = typer.Typer(
@@ -17,6 +18,7 @@ db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
 app.add_typer(exports_app, name="exports")
 app.add_typer(records_app, name="records")
+app.command("import")(import_command)
 app.add_typer(auth_app, name="auth")
 app.add_typer(simulator_app, name="simulator")
 
