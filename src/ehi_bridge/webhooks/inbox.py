@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -130,6 +131,8 @@ class InboxWriter:
         self._on_commit = on_commit
         self._max_batch = max_batch
         self._thread: threading.Thread | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._commits = 0
         self._running = False
 
     def start(self) -> None:
@@ -138,6 +141,11 @@ class InboxWriter:
         self._running = True
         self._thread = threading.Thread(target=self._run, name="inbox-writer", daemon=True)
         self._thread.start()
+        if self._db.is_sqlite:
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, name="inbox-checkpointer", daemon=True
+            )
+            self._checkpointer.start()
 
     def stop(self) -> None:
         """Stop after committing everything already submitted."""
@@ -151,6 +159,26 @@ class InboxWriter:
             with contextlib.suppress(Exception):
                 self._connection.close()
             self._connection = None
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout=5)
+            self._checkpointer = None
+
+    def _checkpoint_loop(self) -> None:
+        """SQLite: copy the WAL back into the database file without blocking commits."""
+        checkpointed = 0
+        while self._running:
+            time.sleep(0.5)
+            if self._commits == checkpointed:
+                continue
+            checkpointed = self._commits
+            try:
+                raw = self._db.engine.raw_connection()
+                try:
+                    raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)")
+                finally:
+                    raw.close()
+            except Exception as exc:
+                log.warning("wal checkpoint failed", error_type=type(exc).__name__)
 
     async def submit(self, delivery: Delivery) -> None:
         """Return once the delivery is durably committed; raise ``InboxUnavailable`` if not."""
@@ -182,6 +210,9 @@ class InboxWriter:
     def _write(self, params: list[Any]) -> None:
         if self._connection is None:
             self._connection = self._db.engine.raw_connection()
+            if self._db.is_sqlite:
+                # Checkpoints run in their own thread, off the commit path (p99 latency).
+                self._connection.cursor().execute("PRAGMA wal_autocheckpoint=0")
         connection = self._connection
         cursor = connection.cursor()
         try:
@@ -189,6 +220,7 @@ class InboxWriter:
                 cursor.execute("BEGIN IMMEDIATE")
             cursor.executemany(self._insert.sql, params)
             connection.commit()
+            self._commits += 1
         except BaseException:
             with contextlib.suppress(Exception):
                 connection.rollback()
