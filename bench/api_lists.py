@@ -308,6 +308,12 @@ def main() -> None:
     parser.add_argument("--exports", type=int, default=100_000)
     parser.add_argument("--requests", type=int, default=300, help="per scenario")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--only", help="run only scenarios whose name contains this")
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() after building the app (shows what GC pauses cost)",
+    )
     args = parser.parse_args()
 
     data_dir = Path(args.data_dir)
@@ -322,6 +328,8 @@ def main() -> None:
         _, token = create_api_token(session, "bench")
 
     env = {**os.environ, "EHI_DATABASE_URL": url, "EHI_DATA_DIR": str(data_dir)}
+    if args.gc_freeze:
+        env["EHI_BENCH_GC_FREEZE"] = "1"
     server = subprocess.Popen(
         [
             sys.executable,
@@ -360,6 +368,8 @@ def main() -> None:
         headers = {"Authorization": f"Bearer {token}"}
         with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
             for name, make_url in scenarios(db):
+                if args.only and args.only not in name:
+                    continue
                 result = measure(client, name, make_url, args.requests)
                 results.append(result)
                 log(f"{name}: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms")
@@ -390,7 +400,13 @@ def app() -> object:
     from ehi_bridge.config import Settings
     from ehi_bridge.server import Service
 
-    return Service(Settings(), background=False)
+    service = Service(Settings(), background=False)
+    if os.environ.get("EHI_BENCH_GC_FREEZE"):
+        import gc
+
+        gc.collect()
+        gc.freeze()
+    return service
 
 
 if __name__ == "__main__":
