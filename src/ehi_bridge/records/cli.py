@@ -37,9 +37,11 @@ def import_command(
     from ehi_bridge.connections.repository import ensure_manual_connection
     from ehi_bridge.db.engine import Database
     from ehi_bridge.db.migrate import ensure_schema
+    from ehi_bridge.logging import configure_logging
     from ehi_bridge.records.ingest import ingest_file
 
     settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)  # logs go to stderr
     url = settings.resolved_database_url
     ensure_schema(url)
     db = Database(url)
@@ -123,9 +125,12 @@ def export_command(
     from ehi_bridge.connections.repository import find
     from ehi_bridge.db.engine import Database
     from ehi_bridge.db.migrate import ensure_schema
+    from ehi_bridge.logging import configure_logging
     from ehi_bridge.records.repository import iter_raw
 
-    url = Settings().resolved_database_url
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)  # stdout may carry the NDJSON
+    url = settings.resolved_database_url
     ensure_schema(url)
     db = Database(url)
     try:
