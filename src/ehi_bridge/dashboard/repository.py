@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, case, cast, func, or_, select, tuple_
+from sqlalchemy import ColumnElement, Float, case, cast, func, or_, select, text, tuple_
 from sqlalchemy.orm import Session
 
 from ehi_bridge.alerts.models import Alert
@@ -26,6 +26,7 @@ from ehi_bridge.webhooks.models import InboxEvent
 # Status words shared with the inbox and export workflows (kept as plain strings here so the
 # dashboard reads whatever the workflows write).
 PARKED = "parked"
+OPEN_EVENT_STATUSES = ("received", "queued", "parked")
 EXPORT_DONE = ("complete", "partial")
 EXPORT_FAILED = ("failed", "timed_out", "expired")
 EXPORT_RETRYABLE = ("failed", "timed_out", "expired", "cancelled")
@@ -127,6 +128,19 @@ def failures_by_reason(session: Session) -> list[tuple[str, int]]:
     return sorted(result, key=lambda item: (-item[1], item[0]))
 
 
+def open_event_counts(session: Session) -> dict[str, int]:
+    """Events not (yet) done with: received, queued, parked. A range of
+    ``ix_inbox_events_status_id`` each, never the whole inbox (applied rows are unbounded)."""
+    rows = session.execute(
+        select(InboxEvent.status, func.count())
+        .where(InboxEvent.status.in_(OPEN_EVENT_STATUSES))
+        .group_by(InboxEvent.status)
+    ).all()
+    counts = {status: 0 for status in OPEN_EVENT_STATUSES}
+    counts.update({str(status): int(n) for status, n in rows})
+    return counts
+
+
 def open_alert_count(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(Alert)) or 0)
 
@@ -192,8 +206,18 @@ def list_connections(
 
 
 def distinct_values(session: Session, column: Any) -> list[str]:
-    """Values of a low-cardinality indexed column (filters' choices)."""
-    return sorted(str(v) for v in session.scalars(select(column).distinct()) if v is not None)
+    """Values of a low-cardinality indexed column (filters' choices), by a loose index
+    scan: one index probe per distinct value instead of reading every entry."""
+    table, name = column.table.name, column.name  # model identifiers, never user input
+    sql = text(
+        f"WITH RECURSIVE t(v) AS ("
+        f" SELECT min({name}) FROM {table}"
+        f" UNION ALL"
+        f" SELECT (SELECT min({name}) FROM {table} WHERE {name} > t.v) FROM t"
+        f" WHERE t.v IS NOT NULL"
+        f") SELECT v FROM t WHERE v IS NOT NULL LIMIT 200"
+    )
+    return sorted(str(v) for v in session.scalars(sql))
 
 
 # -- one connection -----------------------------------------------------------------------

@@ -19,7 +19,7 @@ from ehi_bridge.exports.models import Export
 from ehi_bridge.webhooks.models import InboxEvent
 
 DELIVERY_WINDOW = timedelta(hours=48)
-HISTOGRAM_WINDOW = timedelta(days=30)
+HISTOGRAM_WINDOW = timedelta(days=7)
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Overview:
     connections_by_status: dict[str, int]
     connections_by_platform: dict[str, int]
     exports_by_status: dict[str, int]
-    events_by_status: dict[str, int]
+    open_events: dict[str, int]
     alerts: int
     charts: dict[str, Any] = field(default_factory=dict)
 
@@ -40,19 +40,18 @@ class Overview:
         return sum(self.exports_by_status.values())
 
     @property
-    def events_total(self) -> int:
-        return sum(self.events_by_status.values())
+    def deliveries_48h(self) -> int:
+        series = self.charts.get("deliveries", {}).get("series", [])
+        return sum(sum(s["values"]) for s in series)
 
 
 def overview(session: Session) -> Overview:
-    from ehi_bridge.webhooks.models import InboxEvent as Inbox
-
     now = utcnow()
     result = Overview(
         connections_by_status=repo.count_by(session, Connection.status),
         connections_by_platform=repo.count_by(session, Connection.platform_type),
         exports_by_status=repo.count_by(session, Export.status),
-        events_by_status=repo.count_by(session, Inbox.status),
+        open_events=repo.open_event_counts(session),
         alerts=repo.open_alert_count(session),
     )
     result.charts = {

@@ -345,3 +345,21 @@ def test_connect_link_page_makes_a_working_audited_link(dash: Dash) -> None:
         "external_id",
         "p-9",
     )
+
+
+def test_filter_choices_come_from_the_data(dash: Dash) -> None:
+    from ehi_bridge.dashboard import repository as repo
+
+    with dash.db.read_session() as session:
+        assert repo.distinct_values(session, Connection.platform_type) == ["cerner", "epic"]
+        assert repo.distinct_values(session, Connection.status) == ["authorized", "revoked"]
+    login(dash.client)
+    html = dash.client.get("/dashboard/connections").text
+    assert "<option >cerner</option>" in html or "<option>cerner</option>" in html
+
+
+def test_open_event_counts_cover_only_unfinished_events(dash: Dash) -> None:
+    from ehi_bridge.dashboard import repository as repo
+
+    with dash.db.read_session() as session:
+        assert repo.open_event_counts(session) == {"received": 0, "queued": 0, "parked": 1}
