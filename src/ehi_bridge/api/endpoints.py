@@ -8,7 +8,7 @@ patient records (resources, their export, an event's body) write an audit row fi
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -44,6 +44,7 @@ from ehi_bridge.auth.service import Actor, record_audit
 from ehi_bridge.config import Mode
 from ehi_bridge.db.engine import Database
 from ehi_bridge.deps import CtxDep, DatabaseDep, ReadSession
+from ehi_bridge.records import repository as records
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "Invalid cursor or filter"},
@@ -187,7 +188,7 @@ def get_connection(session: ReadSession, connection_id: PathIdent) -> Connection
         connection=ConnectionOut.model_validate(connection),
         events=[TimelineEvent.model_validate(e) for e in events],
         exports=[ExportOut.model_validate(e) for e in repo.exports_for(session, [connection.id])],
-        resource_counts=repo.resource_counts(session, [connection.id]),
+        resource_counts=records.count_by_type(session, [connection.id]),
     )
 
 
@@ -206,7 +207,7 @@ def get_user(session: ReadSession, external_id: PathIdent) -> UserDetail:
         external_id=external_id,
         connections=[ConnectionOut.model_validate(c) for c in connections],
         exports=[ExportOut.model_validate(e) for e in repo.exports_for(session, ids)],
-        resource_counts=repo.resource_counts(session, ids),
+        resource_counts=records.count_by_type(session, ids),
     )
 
 
@@ -460,23 +461,6 @@ def list_resources(
     return ResourcePage(items=[_resource_out(r) for r in rows], next_cursor=next_cursor)
 
 
-def _ndjson(raws: Iterator[bytes]) -> Iterator[bytes]:
-    for raw in raws:
-        line = raw.strip()
-        if b"\n" in line or b"\r" in line:
-            line = orjson.dumps(orjson.loads(line))
-        yield line + b"\n"
-
-
-def _bundle(raws: Iterator[bytes]) -> Iterator[bytes]:
-    yield b'{"resourceType":"Bundle","type":"collection","entry":['
-    separator = b""
-    for raw in raws:
-        yield separator + b'{"resource":' + raw.strip() + b"}"
-        separator = b","
-    yield b"]}"
-
-
 @authed.get(
     "/resources/export",
     response_class=StreamingResponse,
@@ -505,10 +489,9 @@ def export_resources(
     ids, target_type, target_id = _connection_scope(session, connection_id, external_id)
     session.rollback()
     _audit(db, actor, f"resources.export.{format}", target_type, target_id, request)
-    raws = repo.iter_raw(db, ids)
     if format == "bundle":
-        return StreamingResponse(_bundle(raws), media_type=FHIR_JSON)
-    return StreamingResponse(_ndjson(raws), media_type=FHIR_NDJSON)
+        return StreamingResponse(records.iter_bundle(db, ids), media_type=FHIR_JSON)
+    return StreamingResponse(records.iter_raw(db, ids), media_type=FHIR_NDJSON)
 
 
 @authed.get(
@@ -534,7 +517,7 @@ def get_resource(
     resource_id: PathIdent,
 ) -> Response:
     cid = _resolve_connection(session, connection_id)
-    resource = repo.get_resource(session, cid, resource_type, resource_id)
+    resource = records.get_resource(session, [cid], resource_type, resource_id)
     if resource is None:
         raise _not_found("resource")
     raw = bytes(resource.raw)

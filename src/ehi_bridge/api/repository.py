@@ -1,5 +1,11 @@
 """Queries behind the REST API lists and details (read-only, keyset pagination).
 
+Counts, single resources and the NDJSON/Bundle streams come from ``records.repository``.
+``list_resources`` stays here: it pages in the order of the resources' own index
+``(connection_id, resource_type, id)``, so a page is an index range scan even for a
+connection with a million resources and no type filter (ordering by ``id`` alone would
+read and sort all of that connection's rows for every page).
+
 Every list is ordered by a unique key and continued from the last key of the previous
 page, so a deep page costs the same as the first one.
 """
@@ -8,22 +14,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, func, or_, select, tuple_
+from sqlalchemy import and_, or_, select, tuple_
 from sqlalchemy.orm import Session, defer
 
 from ehi_bridge.connections.models import Connection
-from ehi_bridge.db.engine import Database
 from ehi_bridge.exports.models import Export
 from ehi_bridge.records.models import Resource
 from ehi_bridge.webhooks.models import InboxEvent
 
 TIMELINE_LIMIT = 500
-STREAM_BATCH = 1000
 
 
 class BadCursor(ValueError):
@@ -231,18 +235,6 @@ def get_export(session: Session, export_id: int) -> Export | None:
 # --- resources ------------------------------------------------------------------------------
 
 
-def resource_counts(session: Session, connection_ids: Sequence[str]) -> dict[str, int]:
-    if not connection_ids:
-        return {}
-    rows = session.execute(
-        select(Resource.resource_type, func.count())
-        .where(Resource.connection_id.in_(connection_ids))
-        .group_by(Resource.resource_type)
-        .order_by(Resource.resource_type)
-    )
-    return {resource_type: int(count) for resource_type, count in rows}
-
-
 def list_resources(
     session: Session,
     *,
@@ -262,49 +254,7 @@ def list_resources(
     if resource_type is not None:
         query = query.where(Resource.resource_type == resource_type)
     if after is not None:
-        query = query.where(
-            tuple_(Resource.connection_id, Resource.resource_type, Resource.id) > tuple_(*after)  # type: ignore[arg-type]
-        )
+        key = tuple_(Resource.connection_id, Resource.resource_type, Resource.id)
+        query = query.where(key > tuple_(*after))  # type: ignore[arg-type]
     query = query.order_by(Resource.connection_id, Resource.resource_type, Resource.id)
     return list(session.scalars(query.limit(limit + 1)))
-
-
-def get_resource(
-    session: Session, connection_id: str, resource_type: str, resource_id: str
-) -> Resource | None:
-    return session.scalars(
-        select(Resource).where(
-            Resource.connection_id == connection_id,
-            Resource.resource_type == resource_type,
-            Resource.resource_id == resource_id,
-        )
-    ).one_or_none()
-
-
-def iter_raw(db: Database, connection_ids: Sequence[str]) -> Iterator[bytes]:
-    """Every stored resource of these connections, as stored, in index order.
-
-    Reads in batches, each in its own short read transaction, so a huge export neither
-    holds a snapshot open nor loads everything at once.
-    """
-    after: tuple[str, str, int] | None = None
-    while True:
-        with db.read_session() as session:
-            key = (Resource.connection_id, Resource.resource_type, Resource.id)
-            query = select(*key, Resource.raw).where(Resource.connection_id.in_(connection_ids))
-            if after is not None:
-                query = query.where(
-                    tuple_(Resource.connection_id, Resource.resource_type, Resource.id)
-                    > tuple_(*after)  # type: ignore[arg-type]
-                )
-            rows = session.execute(
-                query.order_by(Resource.connection_id, Resource.resource_type, Resource.id).limit(
-                    STREAM_BATCH
-                )
-            ).all()
-        for row in rows:
-            yield bytes(row.raw)
-        if len(rows) < STREAM_BATCH:
-            return
-        last = rows[-1]
-        after = (last.connection_id, last.resource_type, last.id)
