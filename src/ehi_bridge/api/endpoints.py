@@ -7,6 +7,7 @@ patient records (resources, their export, an event's body) write an audit row fi
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -252,6 +253,15 @@ def get_export(session: ReadSession, export_id: RowId) -> ExportDetail:
     return ExportDetail.model_validate(export)
 
 
+def _wake_runtime() -> None:
+    """Nudge this process's dispatcher, if it runs one; otherwise the runtime of another
+    process finds the new work on its next poll (requested exports, received events)."""
+    with contextlib.suppress(Exception):
+        from ehi_bridge import runtime
+
+        runtime.current().wake()
+
+
 def _export_call(action: str, call: Any, *args: Any) -> ExportOut:
     from ehi_bridge.exports.service import ExportNotAllowed
 
@@ -261,6 +271,7 @@ def _export_call(action: str, call: Any, *args: Any) -> ExportOut:
         raise _not_found(action) from None
     except ExportNotAllowed as error:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error)) from None
+    _wake_runtime()
     return ExportOut.model_validate(export)
 
 
@@ -366,6 +377,7 @@ def _replay(db: Database, ids: list[int]) -> int:
     done = 0
     for start in range(0, len(ids), REPLAY_CHUNK):
         done += int(replay_events(db, ids[start : start + REPLAY_CHUNK]))
+    _wake_runtime()
     return done
 
 
