@@ -52,8 +52,8 @@ class Settings(BaseSettings):
     event_retry_interval_seconds: float = 1.0
 
     auto_request_export: bool = True
-    export_deadline_minutes: int = 30
-    export_deadline_minutes_by_platform: dict[str, int] = {"epic": 60}
+    export_deadline_minutes: float = 30
+    export_deadline_minutes_by_platform: dict[str, float] = {"epic": 60}
     export_file_lifetime_hours: int = 24
     rerequest_expired_exports: bool = True
     revoked_records: Literal["keep", "purge"] = "keep"
@@ -126,7 +126,7 @@ class Settings(BaseSettings):
             hosts.add(api_host.lower())
         return hosts
 
-    def export_deadline_minutes_for(self, platform_type: str | None) -> int:
+    def export_deadline_minutes_for(self, platform_type: str | None) -> float:
         return self.export_deadline_minutes_by_platform.get(
             (platform_type or "").lower(), self.export_deadline_minutes
         )
