@@ -241,7 +241,7 @@ def ingest_export_workflow(export_id: int) -> str:
         if outcome in ("skip", "refused"):
             if outcome == "skip" and service_status_is_ingesting(export_id):
                 break  # the download finished before a crash; ingest what is on disk
-            return outcome
+            return str(outcome)
         if attempt == DOWNLOAD_ATTEMPTS:
             _download_failed_step(export_id, str(result.get("error")))
             return "download_failed"

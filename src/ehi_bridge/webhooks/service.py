@@ -34,6 +34,7 @@ from ehi_bridge.db.engine import Database
 from ehi_bridge.exports import repository as exports_repo
 from ehi_bridge.exports.models import Export
 from ehi_bridge.exports.state import ExportEvent, ExportStatus, transition
+from ehi_bridge.records import repository as records_repo
 from ehi_bridge.webhooks import repository as inbox_repo
 from ehi_bridge.webhooks import schemas
 from ehi_bridge.webhooks.models import InboxEvent, InboxStatus
@@ -303,9 +304,10 @@ def _authorization_revoked(
     for export in exports_repo.active_for_connection(session, connection.id):
         if _move(export, ExportEvent.REVOKED):
             follow.cancelled_exports.append(export.id)
-    from ehi_bridge.records import retention
-
-    retention.apply_revocation(session, connection.id, settings.revoked_records)
+    if settings.revoked_records == "purge":
+        records_repo.purge_connection(session, connection.id)
+    else:
+        records_repo.mark_connection_revoked(session, connection.id)
 
 
 def _webhook_test(
