@@ -23,7 +23,7 @@ from ehi_bridge.dashboard import repository as repo
 from ehi_bridge.dashboard import security
 from ehi_bridge.dashboard import service as svc
 from ehi_bridge.dashboard.security import DashboardSession
-from ehi_bridge.deps import CtxDep, ReadSession, WriteSession
+from ehi_bridge.deps import AppContext, CtxDep, ReadSession, WriteSession
 from ehi_bridge.webhooks.models import InboxStatus
 
 HERE = Path(__file__).parent
@@ -114,6 +114,19 @@ def _page(request: Request, user: DashboardSession, **extra: Any) -> dict[str, A
 
 def _actor(user: DashboardSession) -> str:
     return f"user:{user.username}"
+
+
+def _audit(
+    ctx: AppContext,
+    user: DashboardSession,
+    action: str,
+    target_type: str,
+    target_id: str,
+    request: Request,
+) -> None:
+    """One audit row in its own short transaction (reads stay off the write lock)."""
+    with ctx.db.session() as session:
+        record_audit(session, _actor(user), action, target_type, target_id, request.url.path)
 
 
 # -- static files -------------------------------------------------------------------------
@@ -259,17 +272,12 @@ def _connection_or_404(session: Any, key: str) -> Connection:
 
 
 @router.get("/connections/{key}")
-def connection_detail(request: Request, user: UserDep, session: WriteSession, key: str) -> Response:
+def connection_detail(
+    request: Request, ctx: CtxDep, user: UserDep, session: ReadSession, key: str
+) -> Response:
     connection = _connection_or_404(session, key)
+    _audit(ctx, user, "dashboard.connection.view", "connection", connection.id, request)
     page = svc.connection_page(session, connection)
-    record_audit(
-        session,
-        _actor(user),
-        "dashboard.connection.view",
-        "connection",
-        connection.id,
-        request.url.path,
-    )
     return render(request, "connection.html", _page(request, user, page=page, nav="connections"))
 
 
@@ -277,27 +285,22 @@ def connection_detail(request: Request, user: UserDep, session: WriteSession, ke
 def connection_records(
     request: Request,
     user: UserDep,
-    session: WriteSession,
+    ctx: CtxDep,
+    session: ReadSession,
     key: str,
     type: Annotated[str, Query(min_length=1, max_length=64)],
     after: Annotated[int, Query(ge=0)] = 0,
 ) -> Response:
     connection = _connection_or_404(session, key)
+    # The audit row is committed before any record is read.
+    _audit(ctx, user, "dashboard.records.view", "connection", connection.id, request)
     rows, next_after = repo.list_resources(session, connection.id, type, after)
-    record_audit(
-        session,
-        _actor(user),
-        "dashboard.records.view",
-        "connection",
-        connection.id,
-        request.url.path,
-    )
     context = _page(
         request,
         user,
         connection=connection,
         resource_type=type,
-        rows=[(r, svc.pretty_resource(r.raw)) for r in rows],
+        rows=[(r, svc.pretty_resource(r)) for r in rows],
         next_url=(
             f"/dashboard/connections/{connection.id}/records?"
             + urlencode({"type": type, "after": next_after})
@@ -324,15 +327,7 @@ def connection_request_export(
         export = svc.request_export(ctx, connection.id)
     except svc.ActionError as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from exc
-    with ctx.db.session() as session:
-        record_audit(
-            session,
-            _actor(user),
-            "dashboard.export.request",
-            "export",
-            str(export.id),
-            request.url.path,
-        )
+    _audit(ctx, user, "dashboard.export.request", "export", str(export.id), request)
     return _back(f"/dashboard/connections/{connection.id}", "export_requested")
 
 
@@ -342,15 +337,7 @@ def export_retry(request: Request, ctx: CtxDep, user: CsrfUserDep, export_id: in
         export = svc.retry_export(ctx, export_id)
     except svc.ActionError as exc:
         raise HTTPException(status_code=409, detail=str(exc)) from exc
-    with ctx.db.session() as session:
-        record_audit(
-            session,
-            _actor(user),
-            "dashboard.export.retry",
-            "export",
-            str(export_id),
-            request.url.path,
-        )
+    _audit(ctx, user, "dashboard.export.retry", "export", str(export_id), request)
     return _back(f"/dashboard/connections/{export.connection_id}", "export_retried")
 
 
@@ -486,15 +473,9 @@ def connect_link_create(
         token = make_connect_token(ctx.settings, external_id.strip(), ttl=ttl_hours * 3600)
         base = ctx.settings.public_base_url.rstrip("/")
         link = f"{base}/connect?{urlencode({'token': token})}"
-        with ctx.db.session() as session:
-            record_audit(
-                session,
-                _actor(user),
-                "dashboard.connect_link.create",
-                "external_id",
-                external_id.strip(),
-                request.url.path,
-            )
+        _audit(
+            ctx, user, "dashboard.connect_link.create", "external_id", external_id.strip(), request
+        )
     except ConnectLinkError:
         error = "EHI_CONNECT_LINK_SECRET is not set: connect links cannot be made."
     return render(

@@ -279,12 +279,39 @@ def ingest_error_counts(session: Session, export_ids: Sequence[int]) -> dict[int
     return {int(e): int(n) for e, n in rows if e is not None}
 
 
+@dataclass(frozen=True, slots=True)
+class ResourceRow:
+    id: int
+    resource_type: str
+    resource_id: str
+    version: int
+    last_updated: str | None
+    ingested_at: datetime
+    revoked: bool
+    head: bytes  # the first ``RAW_PREVIEW_BYTES`` of the stored resource
+    size: int
+
+
+RAW_PREVIEW_BYTES = 20_000
+
+
 def list_resources(
     session: Session, connection_id: str, resource_type: str, after_id: int, limit: int = 25
-) -> tuple[Sequence[Resource], int | None]:
-    """Keyset on ``ix_resources_connection_type_id`` (connection_id, resource_type, id)."""
-    rows = session.scalars(
-        select(Resource)
+) -> tuple[list[ResourceRow], int | None]:
+    """Keyset on ``ix_resources_connection_type_id`` (connection_id, resource_type, id).
+    Reads only a prefix of each resource: a Binary can be many megabytes."""
+    rows = session.execute(
+        select(
+            Resource.id,
+            Resource.resource_type,
+            Resource.resource_id,
+            Resource.version,
+            Resource.last_updated,
+            Resource.ingested_at,
+            Resource.revoked,
+            func.substr(Resource.raw, 1, RAW_PREVIEW_BYTES),
+            func.length(Resource.raw),
+        )
         .where(
             Resource.connection_id == connection_id,
             Resource.resource_type == resource_type,
@@ -293,9 +320,23 @@ def list_resources(
         .order_by(Resource.id)
         .limit(limit + 1)
     ).all()
-    if len(rows) > limit:
-        return rows[:limit], rows[limit - 1].id
-    return rows, None
+    result = [
+        ResourceRow(
+            id=int(r[0]),
+            resource_type=str(r[1]),
+            resource_id=str(r[2]),
+            version=int(r[3]),
+            last_updated=r[4],
+            ingested_at=r[5],
+            revoked=bool(r[6]),
+            head=bytes(r[7] or b""),
+            size=int(r[8] or 0),
+        )
+        for r in rows
+    ]
+    if len(result) > limit:
+        return result[:limit], result[limit - 1].id
+    return result, None
 
 
 # -- events -------------------------------------------------------------------------------

@@ -161,12 +161,15 @@ def connection_page(session: Session, connection: Connection) -> ConnectionPage:
     )
 
 
-def pretty_resource(raw: bytes, limit: int = 20000) -> str:
-    try:
-        text = orjson.dumps(orjson.loads(raw), option=orjson.OPT_INDENT_2).decode()
-    except orjson.JSONDecodeError:
-        text = raw.decode("utf-8", errors="replace")
-    return text if len(text) <= limit else text[:limit] + "\n… (truncated)"
+def pretty_resource(row: repo.ResourceRow) -> str:
+    """The resource indented for reading, or its first bytes when it is too large."""
+    if row.size <= len(row.head):
+        try:
+            return orjson.dumps(orjson.loads(row.head), option=orjson.OPT_INDENT_2).decode()
+        except orjson.JSONDecodeError:
+            return row.head.decode("utf-8", errors="replace")
+    text = row.head.decode("utf-8", errors="replace")
+    return f"{text}\n… (first {len(row.head)} of {row.size} bytes)"
 
 
 # -- actions ------------------------------------------------------------------------------

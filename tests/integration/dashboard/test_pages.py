@@ -363,3 +363,35 @@ def test_open_event_counts_cover_only_unfinished_events(dash: Dash) -> None:
 
     with dash.db.read_session() as session:
         assert repo.open_event_counts(session) == {"received": 0, "queued": 0, "parked": 1}
+
+
+def test_large_resources_are_previewed_not_loaded_whole(dash: Dash) -> None:
+    import hashlib
+
+    import orjson
+
+    from ehi_bridge.dashboard import repository as repo
+    from ehi_bridge.dashboard.service import pretty_resource
+    from ehi_bridge.records.models import Resource
+
+    big = orjson.dumps(
+        {"resourceType": "Binary", "id": "b1", "data": "A" * (repo.RAW_PREVIEW_BYTES * 2)}
+    )
+    with dash.db.session() as session:
+        session.add(
+            Resource(
+                connection_id=dash.seeded.connection_id,
+                resource_type="Binary",
+                resource_id="b1",
+                raw=big,
+                content_hash=hashlib.sha256(big).digest(),
+                ingested_at=utcnow(),
+            )
+        )
+    with dash.db.read_session() as session:
+        (row,), _ = repo.list_resources(session, dash.seeded.connection_id, "Binary", 0)
+        (small,), _ = repo.list_resources(session, dash.seeded.connection_id, "Patient", 0)
+    assert row.size == len(big)
+    assert len(row.head) == repo.RAW_PREVIEW_BYTES
+    assert pretty_resource(row).endswith(f"(first {repo.RAW_PREVIEW_BYTES} of {len(big)} bytes)")
+    assert '"family": "Doe"' in pretty_resource(small)
