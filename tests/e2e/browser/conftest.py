@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import Response
 
 from ehi_bridge.app import create_api
 from ehi_bridge.config import Settings
@@ -35,7 +34,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-FAKE_STITCH = Path(__file__).with_name("fake_stitch.js")
 
 
 @pytest.fixture(scope="session")
@@ -114,9 +112,19 @@ class LiveDashboard:
 
 
 @pytest.fixture
-def live_dashboard(tmp_path: Path) -> Iterator[LiveDashboard]:
-    """The FastAPI app (dashboard, connect page, API) with seeded rows, no background
-    runtime; the connect page loads a stand-in widget (``fake_stitch.js``)."""
+def simulator() -> Iterator[Any]:
+    """The Fasten simulator in a thread: its ``/stitch.js`` is the widget stand-in."""
+    from ehi_bridge.simulator.config import SimulatorConfig
+    from ehi_bridge.simulator.server import SimulatorServer
+
+    with SimulatorServer(SimulatorConfig.for_tests()) as server:
+        yield server
+
+
+@pytest.fixture
+def live_dashboard(tmp_path: Path, simulator: Any) -> Iterator[LiveDashboard]:
+    """The FastAPI app (dashboard, connect page, API) with seeded rows and no background
+    runtime; the connect page loads the simulator's widget."""
     url = f"sqlite:///{tmp_path / 'browser.sqlite3'}"
     upgrade(url)
     db = Database(url)
@@ -125,15 +133,10 @@ def live_dashboard(tmp_path: Path) -> Iterator[LiveDashboard]:
     port = free_port()
     settings = settings_for(
         url,
-        stitch_js_url="/test-assets/stitch.js",
+        stitch_js_url=simulator.stitch_js_url + "?auto_login=1",
+        test_public_id=simulator.config.modes["test"].public_id,
         public_base_url=f"http://127.0.0.1:{port}",
     )
-    app = create_api(settings, db)
-
-    @app.get("/test-assets/stitch.js", include_in_schema=False)
-    def fake_stitch() -> Response:
-        return Response(FAKE_STITCH.read_bytes(), media_type="text/javascript")
-
-    with ThreadedServer(app, port) as server:
+    with ThreadedServer(create_api(settings, db), port) as server:
         yield LiveDashboard(base_url=server.base_url, db=db, settings=settings, seeded=seeded)
     db.dispose()

@@ -53,7 +53,9 @@ def test_patient_connects_and_operator_follows_through(
     patient = page.context.new_page()
     patient.goto(link)
     patient.locator("text=No connections yet.").wait_for()
-    patient.locator("fasten-stitch-element button").first.click()
+    patient.click("fasten-stitch-element button.fasten-stitch-button")
+    # The simulator's modal: first health system and patient, then "Log in".
+    patient.click("fasten-stitch-element button.fasten-sim-login")
     patient.locator("#connections .connection-row").first.wait_for(timeout=WAIT_MS)
     patient.locator(
         "#connections .connection-row", has_text=re.compile(r"complete|partial")
