@@ -1,0 +1,108 @@
+"""Fixtures: the simulator on loopback, and a webhook receiver (uvicorn in a thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import uvicorn
+
+from ehi_bridge.simulator import SimulatorConfig, SimulatorServer
+from tests.support import free_port
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Receiver:
+    """Records every POST; answers the next status in ``script`` (then 200)."""
+
+    url: str = ""
+    received: list[Received] = field(default_factory=list)
+    script: list[int] = field(default_factory=list)
+    delay_seconds: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        with self.lock:
+            self.received.append(Received(headers, body))
+            status = self.script.pop(0) if self.script else 200
+        if self.delay_seconds:
+            await asyncio.sleep(self.delay_seconds)
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def bodies(self) -> list[bytes]:
+        with self.lock:
+            return [r.body for r in self.received]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    rec = Receiver()
+    port = free_port()
+    config = uvicorn.Config(
+        rec, host="127.0.0.1", port=port, log_config=None, lifespan="off", log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started)
+    rec.url = f"http://127.0.0.1:{port}/webhooks/fasten"
+    yield rec
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def make_simulator(receiver: Receiver) -> Iterator[Callable[..., SimulatorServer]]:
+    servers: list[SimulatorServer] = []
+
+    def make(**overrides: Any) -> SimulatorServer:
+        config = SimulatorConfig.for_tests(
+            webhook_url_test=receiver.url, webhook_url_live=receiver.url, **overrides
+        )
+        server = SimulatorServer(config).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def simulator(make_simulator: Callable[..., SimulatorServer]) -> SimulatorServer:
+    return make_simulator()
+
+
+TEST_AUTH = ("public_test_sim", "private_test_sim")
+LIVE_AUTH = ("public_live_sim", "private_live_sim")
