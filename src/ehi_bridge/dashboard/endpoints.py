@@ -313,6 +313,11 @@ def connection_records(
     return render(request, name, context)
 
 
+def _refused(request: Request, user: DashboardSession, message: str, back: str) -> Response:
+    context = _page(request, user, message=message, back=back, nav="")
+    return render(request, "error.html", context, status_code=409)
+
+
 def _back(path: str, notice: str) -> RedirectResponse:
     return RedirectResponse(f"{path}?notice={notice}", status_code=303)
 
@@ -326,7 +331,7 @@ def connection_request_export(
     try:
         export = svc.request_export(ctx, connection.id)
     except svc.ActionError as exc:
-        raise HTTPException(status_code=409, detail=str(exc)) from exc
+        return _refused(request, user, str(exc), f"/dashboard/connections/{connection.id}")
     _audit(ctx, user, "dashboard.export.request", "export", str(export.id), request)
     return _back(f"/dashboard/connections/{connection.id}", "export_requested")
 
@@ -336,7 +341,7 @@ def export_retry(request: Request, ctx: CtxDep, user: CsrfUserDep, export_id: in
     try:
         export = svc.retry_export(ctx, export_id)
     except svc.ActionError as exc:
-        raise HTTPException(status_code=409, detail=str(exc)) from exc
+        return _refused(request, user, str(exc), "/dashboard/failures")
     _audit(ctx, user, "dashboard.export.retry", "export", str(export_id), request)
     return _back(f"/dashboard/connections/{export.connection_id}", "export_retried")
 

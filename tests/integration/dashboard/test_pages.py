@@ -276,6 +276,10 @@ def test_request_export_of_a_revoked_connection_is_a_conflict(dash: Dash) -> Non
         f"/dashboard/connections/{revoked.id}/export", data={"csrf_token": csrf}
     )
     assert response.status_code == 409
+    assert "not authorized" in response.text
+    assert "<html" in response.text
+    page = dash.client.get(f"/dashboard/connections/{revoked.id}").text
+    assert 'id="request-export" disabled' in page
 
 
 def test_static_assets_are_served_and_others_are_not(dash: Dash) -> None:
