@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, case, cast, func, or_, select, text, tuple_
+from sqlalchemy import ColumnElement, Float, case, cast, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from ehi_bridge.alerts.models import Alert
@@ -193,7 +193,12 @@ def list_connections(
         stmt = stmt.where(Connection.api_mode == filters.mode)
     position = decode_cursor(cursor) if cursor else None
     if position is not None:
-        stmt = stmt.where(tuple_(Connection.created_at, Connection.id) < tuple_(*position))
+        created, row_id = position
+        # Spelled out (not a row comparison) so the created_at index bounds the scan.
+        stmt = stmt.where(
+            Connection.created_at <= created,
+            or_(Connection.created_at < created, Connection.id < row_id),
+        )
     rows = session.scalars(
         stmt.order_by(Connection.created_at.desc(), Connection.id.desc()).limit(limit + 1)
     ).all()
