@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "ehi-bench")
     parser.add_argument("--pg-url", default=os.environ.get("EHI_BENCH_PG_URL", DEFAULT_PG))
-    parser.add_argument("--batch-rows", type=int, default=2000)
+    parser.add_argument("--batch-rows", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell; the best is shown")
     parser.add_argument("--child", nargs=2, metavar=("URL", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -32,7 +32,7 @@ from ehi_bridge.records.repository import Key, ResourceWriter, RunJournal, SeenK
 
 log = structlog.get_logger(__name__)
 
-BATCH_ROWS: Final = 2000
+BATCH_ROWS: Final = 5000
 BATCH_BYTES: Final = 8 * 1024 * 1024
 QUEUE_BATCHES: Final = 3
 READ_BUFFER: Final = 1024 * 1024
@@ -119,6 +119,25 @@ def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> None:
                 raise _Stop from None
 
 
+def _mark_repeats(
+    seen: SeenKeys,
+    pending: list[ParsedResource],
+    batch: _Batch,
+    by_type: Counter[str],
+    dup_by_type: Counter[str],
+) -> None:
+    """Tag each record with whether its key already occurred earlier in the file."""
+    if not pending:
+        return
+    firsts = seen.add_batch([(r.resource_type, r.resource_id) for r in pending])
+    for record, first in zip(pending, firsts, strict=True):
+        if first:
+            by_type[record.resource_type] += 1
+        else:
+            dup_by_type[record.resource_type] += 1
+        batch.records.append((record, not first))
+
+
 def _parse_into(
     path: Path,
     q: queue.Queue[Any],
@@ -134,6 +153,7 @@ def _parse_into(
     try:
         with path.open("rb", buffering=READ_BUFFER) as stream:
             batch = _Batch()
+            pending: list[ParsedResource] = []
             for item in iter_records(stream):
                 report.lines += 1
                 if isinstance(item, ParseError):
@@ -144,23 +164,21 @@ def _parse_into(
                             {"line": item.line_number, "reason": item.reason}
                         )
                 else:
-                    if seen.add(item.resource_type, item.resource_id):
-                        by_type[item.resource_type] += 1
-                        batch.records.append((item, False))
-                    else:
-                        dup_by_type[item.resource_type] += 1
-                        batch.records.append((item, True))
+                    pending.append(item)
                     batch.size += len(item.raw)
                 if (
-                    len(batch.records) >= batch_rows
+                    len(pending) >= batch_rows
                     or batch.size >= BATCH_BYTES
                     or len(batch.errors) >= batch_rows
                 ):
+                    _mark_repeats(seen, pending, batch, by_type, dup_by_type)
+                    pending = []
                     _put(q, batch, stop)
                     batch = _Batch()
                     report.bytes_read = stream.tell()
                     if progress is not None:
                         progress(report.bytes_read)
+            _mark_repeats(seen, pending, batch, by_type, dup_by_type)
             _put(q, batch, stop)
             report.bytes_read = stream.tell()
             if progress is not None:
@@ -212,7 +230,8 @@ def _write_batch(
     repeated = [key for key, (_, dup) in latest.items() if dup]
     prior = journal.get(repeated) if repeated else {}
 
-    rows: list[tuple[Any, ...]] = []
+    rows: list[tuple[Any, ...]] = []  # may exist: upsert
+    new_rows: list[tuple[Any, ...]] = []  # known not to exist: plain insert / COPY
     remember: list[tuple[Key, bytes, int, bool]] = []
 
     def row(record: ParsedResource, version: int) -> tuple[Any, ...]:
@@ -235,7 +254,7 @@ def _write_batch(
         new_hash = record.content_hash
         if not dup:
             if current is None:
-                rows.append(row(record, 1))
+                new_rows.append(row(record, 1))
                 counts.inserted += 1
             elif current.content_hash == new_hash:
                 counts.unchanged += 1
@@ -273,6 +292,7 @@ def _write_batch(
             counts.updated += 1
             remember.append((key, current.content_hash, current.version, True))
 
+    writer.insert_new(new_rows)
     writer.upsert(rows)
     writer.add_errors(connection_id, export_id, batch.errors, run_at)
     journal.remember(remember)

@@ -53,6 +53,19 @@ _UPDATED_ON_CONFLICT: Final = (
     "export_id",
     "ingested_at",
 )
+_PG_TYPES: Final = [
+    "varchar",
+    "varchar",
+    "varchar",
+    "bytea",
+    "bytea",
+    "int4",
+    "varchar",
+    "varchar",
+    "int8",
+    "timestamptz",
+    "bool",
+]
 _STAGE_TABLE: Final = "ehi_ingest_stage"
 _LOOKUP_CHUNK: Final = 400  # keys per SELECT … IN (…): well under any bind-parameter limit
 
@@ -156,28 +169,39 @@ class ResourceWriter:
                 cursor.close()
             return
         with dbapi.cursor() as cursor:
-            columns = ", ".join(WRITE_COLUMNS)
-            copy_sql = f"COPY {_STAGE_TABLE} ({columns}) FROM STDIN (FORMAT BINARY)"
-            with cursor.copy(copy_sql) as copy:
-                copy.set_types(
-                    [
-                        "varchar",
-                        "varchar",
-                        "varchar",
-                        "bytea",
-                        "bytea",
-                        "int4",
-                        "varchar",
-                        "varchar",
-                        "int8",
-                        "timestamptz",
-                        "bool",
-                    ]
-                )
-                for row in rows:
-                    copy.write_row(row)
+            self._copy(cursor, _STAGE_TABLE, rows)
             cursor.execute(self._sql)
             cursor.execute(f"TRUNCATE {_STAGE_TABLE}")
+
+    def insert_new(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Rows whose keys the caller knows are not stored yet (the common case).
+
+        PostgreSQL: ``COPY`` straight into ``resources`` inside a savepoint; should a key
+        exist after all (another writer), fall back to :meth:`upsert`. SQLite: the upsert
+        is as fast as a plain insert.
+        """
+        if not rows:
+            return
+        if self.dialect == "sqlite":
+            self.upsert(rows)
+            return
+        import psycopg
+
+        dbapi = self.conn.connection.driver_connection
+        assert dbapi is not None
+        try:
+            with dbapi.transaction(), dbapi.cursor() as cursor:  # a savepoint
+                self._copy(cursor, "resources", rows)
+        except psycopg.errors.UniqueViolation:
+            self.upsert(rows)
+
+    @staticmethod
+    def _copy(cursor: Any, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        columns = ", ".join(WRITE_COLUMNS)
+        with cursor.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(_PG_TYPES)
+            for row in rows:
+                copy.write_row(row)
 
     def lookup(self, connection_id: str, keys: Iterable[Key]) -> dict[Key, StoredState]:
         """Stored hash, version and ingested_at of those keys that exist."""
@@ -250,20 +274,44 @@ class SeenKeys:
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute(
-            "CREATE TABLE seen (t TEXT NOT NULL, i TEXT NOT NULL, PRIMARY KEY (t, i)) WITHOUT ROWID"
+            "CREATE TABLE seen (t TEXT NOT NULL, i TEXT NOT NULL, batch INTEGER NOT NULL, "
+            "PRIMARY KEY (t, i)) WITHOUT ROWID"
         )
         self._db.execute("BEGIN")
-        self._cursor = self._db.cursor()
+        self._batch = 0
 
-    def add(self, resource_type: str, resource_id: str) -> bool:
-        """True when the key is new in this run."""
-        self._cursor.execute(
-            "INSERT OR IGNORE INTO seen VALUES (?, ?)", (resource_type, resource_id)
+    def add_batch(self, keys: Sequence[Key]) -> list[bool]:
+        """For each key (in order): True when it is the first occurrence in this run."""
+        self._batch += 1
+        before = self._db.total_changes
+        batch = self._batch
+        self._db.executemany(
+            "INSERT OR IGNORE INTO seen VALUES (?, ?, ?)", [(t, i, batch) for t, i in keys]
         )
-        return self._cursor.rowcount == 1
+        added = self._db.total_changes - before
+        distinct = set(keys)
+        earlier: set[Key] = set()
+        if added != len(distinct):  # some keys occurred in an earlier batch: which ones
+            wanted = list(distinct)
+            for start in range(0, len(wanted), _LOOKUP_CHUNK):
+                chunk = wanted[start : start + _LOOKUP_CHUNK]
+                marks = ", ".join("(?, ?)" for _ in chunk)
+                params = [value for key in chunk for value in key]
+                earlier.update(
+                    (t, i)
+                    for t, i in self._db.execute(
+                        f"SELECT t, i FROM seen WHERE batch < ? AND (t, i) IN (VALUES {marks})",
+                        [batch, *params],
+                    )
+                )
+        firsts: list[bool] = []
+        taken: set[Key] = set()
+        for key in keys:
+            firsts.append(key not in earlier and key not in taken)
+            taken.add(key)
+        return firsts
 
     def close(self) -> None:
-        self._cursor.close()
         self._db.close()
 
 
