@@ -81,6 +81,9 @@ def test_operator_journey(page: Any, live_dashboard: LiveDashboard, tmp_path: Pa
     with live_dashboard.db.read_session() as session:
         event = session.get(InboxEvent, seeded.parked_event_id)
         assert event is not None and event.replays == 1
+    save_screenshot(page, tmp_path, "events.png")
+    page.goto(f"{base}/dashboard/failures")
+    save_screenshot(page, tmp_path, "failures.png")
 
     # Log out, and be refused.
     page.click("#logout")

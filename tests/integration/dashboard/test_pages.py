@@ -399,3 +399,19 @@ def test_large_resources_are_previewed_not_loaded_whole(dash: Dash) -> None:
     assert len(row.head) == repo.RAW_PREVIEW_BYTES
     assert pretty_resource(row).endswith(f"(first {repo.RAW_PREVIEW_BYTES} of {len(big)} bytes)")
     assert '"family": "Doe"' in pretty_resource(small)
+
+
+def test_replay_all_parked_from_the_failures_page(dash: Dash) -> None:
+    import re
+
+    csrf = login(dash.client)
+    html = dash.client.get("/dashboard/failures").text
+    end = html.index('id="replay-all-parked"')
+    form = html[html.rindex("<form", 0, end) : end]
+    ids = re.findall(r'name="ids" value="(\d+)"', form)
+    assert ids == [str(dash.seeded.parked_event_id)]
+    response = dash.client.post(
+        "/dashboard/events/replay", data={"ids": ids, "csrf_token": csrf}, follow_redirects=False
+    )
+    assert response.status_code == 303
+    assert "No parked events." in dash.client.get("/dashboard/failures").text
