@@ -558,6 +558,7 @@ def _record_widget_complete() -> Any:
     responses={
         401: {"model": Problem, "description": "No valid connect-link token or API token"},
         403: {"model": Problem, "description": "external_id differs from the link's"},
+        409: {"model": Problem, "description": "Refused by the connections feature"},
     },
     summary="Record the widget.complete event of the connect page",
 )
@@ -584,12 +585,16 @@ def connect_complete(
     data["external_id"] = external_id
     mode: Mode = body.api_mode or ctx.settings.connect_mode
     record_widget_complete = _record_widget_complete()
-    with ctx.db.session() as session:
-        connection = record_widget_complete(session, data, mode)
-        out = ConnectionOut.model_validate(connection)
-        record_audit(
-            session, str(actor), "connect.complete", "connection", out.id, request.url.path
-        )
+    try:
+        with ctx.db.session() as session:
+            connection = record_widget_complete(session, data, mode)
+            out = ConnectionOut.model_validate(connection)
+            record_audit(
+                session, str(actor), "connect.complete", "connection", out.id, request.url.path
+            )
+    except ValueError as error:  # refused by the connections feature (e.g. conflicting ids)
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error)) from None
+    _wake_runtime()  # the new connection may need its first export
     return out
 
 
