@@ -50,6 +50,12 @@ class Receiver:
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
+    def reset(self) -> None:
+        with self.lock:
+            self.received.clear()
+            self.script.clear()
+            self.delay_seconds = 0.0
+
     def bodies(self) -> list[bytes]:
         with self.lock:
             return [r.body for r in self.received]
@@ -65,8 +71,8 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
     raise AssertionError("condition not met in time")
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
+@pytest.fixture(scope="module")
+def shared_receiver() -> Iterator[Receiver]:
     rec = Receiver()
     port = free_port()
     config = uvicorn.Config(
@@ -80,6 +86,12 @@ def receiver() -> Iterator[Receiver]:
     yield rec
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture
+def receiver(shared_receiver: Receiver) -> Receiver:
+    shared_receiver.reset()
+    return shared_receiver
 
 
 @pytest.fixture
@@ -99,9 +111,23 @@ def make_simulator(receiver: Receiver) -> Iterator[Callable[..., SimulatorServer
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def shared_simulator(shared_receiver: Receiver) -> Iterator[SimulatorServer]:
+    config = SimulatorConfig.for_tests(
+        webhook_url_test=shared_receiver.url, webhook_url_live=shared_receiver.url
+    )
+    with SimulatorServer(config) as server:
+        yield server
+
+
 @pytest.fixture
-def simulator(make_simulator: Callable[..., SimulatorServer]) -> SimulatorServer:
-    return make_simulator()
+def simulator(shared_simulator: SimulatorServer, receiver: Receiver) -> Iterator[SimulatorServer]:
+    """The module's simulator, reset for each test."""
+    sim = shared_simulator.sim
+    yield shared_simulator
+    # Let in-flight deliveries land before forgetting them, so none leaks into the next test.
+    wait_until(lambda: not [d for d in sim.list_deliveries() if d.state == "sending"])
+    sim.reset()
 
 
 TEST_AUTH = ("public_test_sim", "private_test_sim")
