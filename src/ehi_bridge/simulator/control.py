@@ -178,8 +178,8 @@ def list_exports(sim: Sim) -> list[dict[str, Any]]:
 
 
 @router.post("/webhooks/test")
-def webhook_test(body: ModeBody, sim: Sim) -> dict[str, Any]:
-    return {"event_id": sim.send_test_webhook(body.mode)}
+def webhook_test(sim: Sim, body: ModeBody | None = None) -> dict[str, Any]:
+    return {"event_id": sim.send_test_webhook((body or ModeBody()).mode)}
 
 
 @router.post("/webhooks/event")
@@ -195,7 +195,8 @@ def hold(sim: Sim) -> dict[str, Any]:
 
 
 @router.post("/webhooks/release")
-def release(body: ReleaseBody, sim: Sim) -> dict[str, Any]:
+def release(sim: Sim, body: ReleaseBody | None = None) -> dict[str, Any]:
+    body = body or ReleaseBody()
     released = sim.release_webhooks(body.order, body.seed)
     return {"released": [d.to_dict() for d in released]}
 
