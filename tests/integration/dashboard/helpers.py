@@ -162,7 +162,7 @@ def seed(db: Database, external_id: str = "patient-42", platform: str = "epic") 
             trigger="auto",
             requested_at=now - timedelta(hours=2),
             succeeded_at=now - timedelta(hours=1),
-            completed_at=now - timedelta(minutes=90),
+            completed_at=now - timedelta(minutes=75),
             stats_total=3,
             stats_by_type={"Patient": 1, "Observation": 2},
             ingested_total=3,

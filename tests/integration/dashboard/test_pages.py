@@ -300,7 +300,7 @@ def test_chart_data_counts_are_right(dash: Dash) -> None:
     assert match
     charts = json.loads(html_lib.unescape(match.group(1)))
     histogram = dict(zip(charts["histogram"]["labels"], charts["histogram"]["values"], strict=True))
-    assert histogram["30-60 min"] == 1  # authorized 2 h ago, records 90 min ago
+    assert histogram["30-60 min"] == 1  # authorized 2 h ago, records 75 min ago
     assert sum(histogram.values()) == 1
     exports = dict(zip(charts["exports"]["labels"], charts["exports"]["values"], strict=True))
     assert exports == {"complete": 1, "failed": 1}
