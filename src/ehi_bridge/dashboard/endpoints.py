@@ -258,7 +258,10 @@ def connections(
         modes=("test", "live", "manual"),
         nav="connections",
     )
-    if request.headers.get("hx-request") and request.headers.get("hx-target") != "main":
+    partial = request.headers.get("hx-request") and not request.headers.get(
+        "hx-history-restore-request"
+    )
+    if partial and request.headers.get("hx-target") != "main":
         name = "_connection_rows.html" if after else "_connection_table.html"
         return render(request, name, context)
     return render(request, "connections.html", context)

@@ -63,6 +63,12 @@ def test_connections_list_search_filters_and_htmx_partial(dash: Dash) -> None:
     assert partial.status_code == 200
     assert "<html" not in partial.text
     assert 'id="connection-table"' in partial.text
+    restore = dash.client.get(
+        "/dashboard/connections",
+        params={"q": seeded.external_id},
+        headers={"hx-request": "true", "hx-history-restore-request": "true"},
+    )
+    assert "<html" in restore.text
 
 
 def test_connections_keyset_pagination_walks_every_row_once(dash: Dash) -> None:
