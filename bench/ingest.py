@@ -78,7 +78,9 @@ def child(url: str, file: Path, batch_rows: int) -> None:
     db = Database(url)
     with db.session() as session:
         connection_id = ensure_manual_connection(session, f"bench-{uuid.uuid4().hex}").id
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    rss_before = usage.ru_maxrss
+    cpu_before = usage.ru_utime + usage.ru_stime
     started = time.perf_counter()
     report = ingest_file(
         db, file, connection_id=connection_id, export_id=None, batch_rows=batch_rows
@@ -86,6 +88,8 @@ def child(url: str, file: Path, batch_rows: int) -> None:
     with db.read_session() as session:
         stored = session.scalar(select(func.count()).where(Resource.connection_id == connection_id))
     elapsed = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime - cpu_before
     db.dispose()
     print(
         json.dumps(
@@ -96,6 +100,7 @@ def child(url: str, file: Path, batch_rows: int) -> None:
                 "seconds": elapsed,
                 "rate": report.resources / elapsed,
                 "bytes": report.bytes_read,
+                "cpu_us_per_resource": cpu / max(report.resources, 1) * 1e6,
                 "rss_before_mb": rss_before / 1024,
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
@@ -177,17 +182,22 @@ def main() -> None:
             rows.append((backend, size, file.stat().st_size, best))
             print(
                 f"{backend:9} {size:>9,} {best['rate']:>10,.0f}/s {best['seconds']:>8.2f}s "
-                f"peak RSS {best['peak_rss_mb']:.0f} MB",
+                f"peak RSS {best['peak_rss_mb']:.0f} MB, "
+                f"client CPU {best['cpu_us_per_resource']:.1f} us/resource",
                 file=sys.stderr,
                 flush=True,
             )
     print()
-    print("| backend | resources | file MB | seconds | resources/s | MB/s | peak RSS MB |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| backend | resources | file MB | seconds | resources/s | MB/s | peak RSS MB "
+        "| client CPU µs/resource |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for backend, size, nbytes, r in rows:
         print(
             f"| {backend} | {size:,} | {nbytes / 1e6:,.0f} | {r['seconds']:.2f} | "
-            f"{r['rate']:,.0f} | {nbytes / 1e6 / r['seconds']:,.1f} | {r['peak_rss_mb']:.0f} |"
+            f"{r['rate']:,.0f} | {nbytes / 1e6 / r['seconds']:,.1f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['cpu_us_per_resource']:.1f} |"
         )
 
 

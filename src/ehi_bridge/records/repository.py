@@ -91,7 +91,9 @@ class ResourceWriter:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.dialect = conn.dialect.name
-        processor = RESOURCES.c.ingested_at.type.bind_processor(conn.dialect)
+        column_type = RESOURCES.c.ingested_at.type
+        # The full bind chain (TypeDecorator + dialect impl), as SQLAlchemy itself stores it.
+        processor = column_type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
         self._bind_time: Callable[[Any], Any] = processor or (lambda value: value)
         if self.dialect == "sqlite":
             self._sql = self._sqlite_upsert_sql()

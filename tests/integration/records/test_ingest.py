@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
 from pathlib import Path
 
 import orjson
 import pytest
+from sqlalchemy import text
 
 from ehi_bridge.db.engine import Database
 from ehi_bridge.records.ingest import IngestReport, ingest_file
@@ -50,6 +52,11 @@ def test_fixture_is_stored_byte_for_byte_and_reconciles(db: Database) -> None:
         assert row.content_hash == hashlib.sha256(row.raw).digest()
         assert row.version == 1 and row.export_id == 41 and row.revoked is False
         assert orjson.loads(row.raw)["id"] == row.resource_id
+    if db.is_sqlite:  # stored in SQLAlchemy's own text form, so SQL comparisons agree
+        with db.read_session() as session:
+            texts = set(session.scalars(text("SELECT DISTINCT ingested_at FROM resources")))
+        assert len(texts) == 1
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", texts.pop())
     patient = next(r for r in rows.values() if r.resource_type == "Patient")
     condition = next(r for r in rows.values() if r.resource_type == "Condition")
     organization = next(r for r in rows.values() if r.resource_type == "Organization")
