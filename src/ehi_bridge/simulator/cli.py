@@ -36,8 +36,13 @@ def serve(
     max_retries: int = typer.Option(4, help="webhook retries after the first attempt"),
 ) -> None:
     """Run the Fasten Connect simulator (keys and secrets from the EHI_* settings)."""
+    from ehi_bridge.config import Settings
+    from ehi_bridge.logging import configure_logging
     from ehi_bridge.simulator.config import SimulatorConfig
     from ehi_bridge.simulator.server import SimulatorServer
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
 
     config = SimulatorConfig.from_env(
         webhook_url_test=webhook_url_test,

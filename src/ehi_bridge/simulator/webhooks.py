@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import orjson
+import structlog
 
 from ehi_bridge.simulator.clock import iso
 from ehi_bridge.simulator.state import Attempt, Delivery, Simulator
 from ehi_bridge.webhooks.signature import decode_secret, sign
 
-log = logging.getLogger("ehi_bridge.simulator.webhooks")
+log = structlog.get_logger("ehi_bridge.simulator.webhooks")
 
 
 def envelope(delivery: Delivery, date: str) -> dict[str, Any]:
@@ -60,6 +60,7 @@ class WebhookSender:
         self.sim = sim
         self._event: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._completing: asyncio.Task[object] | None = None
 
     def _wakeup_for(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
         def wakeup() -> None:
@@ -83,6 +84,8 @@ class WebhookSender:
                     self._event.clear()
                     await self.tick(client)
             finally:
+                if self._completing is not None:
+                    self._completing.cancel()
                 for task in list(self._tasks):
                     task.cancel()
                 if self._tasks:
@@ -90,8 +93,9 @@ class WebhookSender:
                 self.sim.set_wakeup(lambda: None)
 
     async def tick(self, client: httpx.AsyncClient) -> None:
-        if self.sim.has_due_exports():
-            await asyncio.to_thread(self.sim.complete_due_exports)
+        if (self._completing is None or self._completing.done()) and self.sim.has_due_exports():
+            # Measuring a large (scaled) file takes a while: off the loop, one at a time.
+            self._completing = asyncio.create_task(self._complete_exports())
         due = self.sim.due_deliveries()
         groups: dict[int, list[Delivery]] = {}
         for delivery in due:
@@ -101,6 +105,11 @@ class WebhookSender:
                 self._spawn(self._send_all(client, [delivery]))
         for batch in groups.values():
             self._spawn(self._send_all(client, batch))  # in the released order, one by one
+
+    async def _complete_exports(self) -> object:
+        done = await asyncio.to_thread(self.sim.complete_due_exports)
+        self._wake()
+        return done
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -136,13 +145,12 @@ class WebhookSender:
         except httpx.HTTPError as exc:
             error = type(exc).__name__
         log.info(
-            "webhook attempt",
-            extra={
-                "event_type": delivery.type,
-                "attempt": number,
-                "status": status,
-                "error": error,
-            },
+            "simulator webhook attempt",
+            event_id=delivery.event_id,
+            event_type=delivery.type,
+            attempt=number,
+            status=status,
+            error=error,
         )
         self.sim.attempt_finished(
             delivery, Attempt(number, date, timestamp, status, error, body, headers)

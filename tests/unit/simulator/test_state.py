@@ -215,3 +215,12 @@ def test_config_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.mode_for_public_id("public_test_env") == "test"
     assert config.mode_for_public_id("") is None
     assert config.retry_delays() == [30.0, 450.0, 6750.0, 101250.0]
+
+
+def test_control_api_loopback_check() -> None:
+    from ehi_bridge.simulator.control import _is_loopback
+
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
+    assert not _is_loopback("10.0.0.5")
+    assert not _is_loopback("example.com")
+    assert not _is_loopback(None)
