@@ -25,7 +25,7 @@ _BOM: Final = b"\xef\xbb\xbf"
 _PATIENT_LINK_FIELDS: Final = ("subject", "patient", "beneficiary")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ParsedResource:
     """One resource: its bytes exactly as in the file (line terminator stripped)."""
 
@@ -42,7 +42,7 @@ class ParsedResource:
         return (self.resource_type, self.resource_id)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ParseError:
     """A line (or Bundle entry) that is not a usable resource. Never carries content."""
 

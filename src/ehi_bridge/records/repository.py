@@ -68,6 +68,7 @@ _PG_TYPES: Final = [
 ]
 _STAGE_TABLE: Final = "ehi_ingest_stage"
 _LOOKUP_CHUNK: Final = 400  # keys per SELECT … IN (…): well under any bind-parameter limit
+SQLITE_ROWS_PER_STATEMENT: Final = 64  # x 11 columns: well under SQLite's 32,766 variables
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,14 @@ class ResourceWriter:
         self._bind_time: Callable[[Any], Any] = processor or (lambda value: value)
         if self.dialect == "sqlite":
             self._sql = self._sqlite_upsert_sql()
+            # Many rows per statement: one sqlite3_step (run without the GIL) per group
+            # instead of per row, so the parser thread and SQLite overlap.
+            group = "(" + ", ".join("?" for _ in WRITE_COLUMNS) + ")"
+            if group not in self._sql:  # pragma: no cover - guards the SQL layout
+                raise RuntimeError("unexpected INSERT layout")
+            self._multi_sql = self._sql.replace(
+                group, ", ".join(group for _ in range(SQLITE_ROWS_PER_STATEMENT)), 1
+            )
         elif self.dialect == "postgresql":
             self._sql = self._pg_upsert_sql()
         else:  # pragma: no cover - only SQLite and PostgreSQL are supported
@@ -164,9 +173,20 @@ class ResourceWriter:
         dbapi = self.conn.connection.driver_connection
         assert dbapi is not None
         if self.dialect == "sqlite":
+            n = SQLITE_ROWS_PER_STATEMENT
+            whole = len(rows) - len(rows) % n
             cursor = dbapi.cursor()
             try:
-                cursor.executemany(self._sql, rows)
+                if whole:
+                    cursor.executemany(
+                        self._multi_sql,
+                        [
+                            [value for row in rows[start : start + n] for value in row]
+                            for start in range(0, whole, n)
+                        ],
+                    )
+                if whole < len(rows):
+                    cursor.executemany(self._sql, rows[whole:])
             finally:
                 cursor.close()
             return
