@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import orjson
-import structlog
 
 from ehi_bridge.simulator.clock import iso
 from ehi_bridge.simulator.state import Attempt, Delivery, Simulator
 from ehi_bridge.webhooks.signature import decode_secret, sign
 
-log = structlog.get_logger("ehi_bridge.simulator.webhooks")
+log = logging.getLogger("ehi_bridge.simulator.webhooks")
 
 
 def envelope(delivery: Delivery, date: str) -> dict[str, Any]:
@@ -145,12 +145,12 @@ class WebhookSender:
         except httpx.HTTPError as exc:
             error = type(exc).__name__
         log.info(
-            "simulator webhook attempt",
-            event_id=delivery.event_id,
-            event_type=delivery.type,
-            attempt=number,
-            status=status,
-            error=error,
+            "simulator webhook attempt: event_id=%s type=%s attempt=%d status=%s error=%s",
+            delivery.event_id,
+            delivery.type,
+            number,
+            status,
+            error,
         )
         self.sim.attempt_finished(
             delivery, Attempt(number, date, timestamp, status, error, body, headers)
