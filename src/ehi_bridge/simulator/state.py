@@ -53,6 +53,7 @@ class Behaviour:
     scale: int = 1
     truncate_after_bytes: int | None = None  # storage closes the connection after N bytes
     truncate_mode: Literal["close", "content_length"] = "close"
+    truncate_times: int | None = None  # only the first N transfers break (None: every one)
     throttle_bytes_per_second: int | None = None
     legacy_download_link: bool = False  # single ``download_link`` instead of the list
     duplicate_webhooks: int = 1  # deliver each event this many times
@@ -217,6 +218,7 @@ class Export:
     file: ExportFile
     completed_at: float | None = None
     failure_reason: str | None = None
+    truncations: int = 0  # transfers the storage server broke on purpose
 
     @property
     def file_name(self) -> str:
@@ -550,6 +552,17 @@ class Simulator:
             self.exports[export.task_id] = export
         self._wakeup()
         return export
+
+    def take_truncation(self, export: Export) -> bool:
+        """Whether this transfer of ``export`` breaks (counts it when it does)."""
+        with self._lock:
+            b = export.behaviour
+            if b.truncate_after_bytes is None:
+                return False
+            if b.truncate_times is not None and export.truncations >= b.truncate_times:
+                return False
+            export.truncations += 1
+            return True
 
     def has_due_exports(self) -> bool:
         with self._lock:

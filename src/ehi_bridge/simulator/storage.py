@@ -181,7 +181,7 @@ class StorageApp:
     async def _send_body(self, export: Export, start: int, end: int, send: Send) -> None:
         behaviour = export.behaviour
         stop_at = behaviour.truncate_after_bytes  # absolute offset where the transfer dies
-        if stop_at is not None and stop_at <= start:
+        if stop_at is not None and (stop_at <= start or not self.sim.take_truncation(export)):
             stop_at = None
         throttle = behaviour.throttle_bytes_per_second
         chunk_size = max(1, throttle // 20) if throttle else CHUNK

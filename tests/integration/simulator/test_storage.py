@@ -139,6 +139,16 @@ def test_truncated_transfer_then_resume(simulator: SimulatorServer, mode: str) -
     assert full == export.file.read_all()
 
 
+def test_truncate_times_breaks_only_the_first_transfers(simulator: SimulatorServer) -> None:
+    export = _done_export(simulator, truncate_after_bytes=100, truncate_times=2)
+    url = _location(simulator, export)
+    for _ in range(2):
+        with pytest.raises(httpx.RemoteProtocolError):
+            httpx.get(url)
+    assert httpx.get(url).content == export.file.read_all()
+    assert export.truncations == 2
+
+
 def test_throttled_transfer_is_complete(simulator: SimulatorServer) -> None:
     export = _done_export(simulator, patient_index=2, throttle_bytes_per_second=2_000_000)
     body = httpx.get(_location(simulator, export)).content

@@ -143,12 +143,15 @@ def test_wrong_public_id_emits_config_error(
     page = browser.new_page()
     try:
         page.goto(url)
+        # Reported on load, and again when the patient clicks anyway.
+        page.wait_for_function("window.events.length === 1", timeout=10_000)
         page.click("fasten-stitch-element button")
-        page.wait_for_function("window.events.length > 0", timeout=10_000)
+        page.wait_for_function("window.events.length === 2", timeout=10_000)
         events = page.evaluate("window.events")
+        assert page.locator(".fasten-sim-modal").count() == 0
     finally:
         page.close()
-    assert [e["event_type"] for e in events] == ["widget.config_error"]
+    assert [e["event_type"] for e in events] == ["widget.config_error"] * 2
     assert simulator.sim.list_connections() == []
 
 

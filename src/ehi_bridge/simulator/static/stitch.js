@@ -26,6 +26,22 @@
         "Connect a health system");
       this._button.addEventListener("click", this.open.bind(this));
       this.appendChild(this._button);
+      // Like the real widget, a wrong public id is reported as soon as the element loads.
+      var self = this;
+      this.fetchCatalog().then(function (result) {
+        if (result && !result.ok) {
+          self.emit("widget.config_error", { error: result.body.error || "invalid public id" });
+        }
+      });
+    }
+
+    fetchCatalog() {
+      return fetch(BASE + "/stitch/catalog?public_id=" + encodeURIComponent(this.publicId()),
+        { credentials: "omit" })
+        .then(function (response) {
+          return response.json().then(function (body) { return { ok: response.ok, body: body }; });
+        })
+        .catch(function () { return null; });
     }
 
     emit(eventType, data, apiMode) {
@@ -39,12 +55,12 @@
 
     open() {
       var self = this;
-      fetch(BASE + "/stitch/catalog?public_id=" + encodeURIComponent(this.publicId()),
-        { credentials: "omit" })
-        .then(function (response) {
-          return response.json().then(function (body) { return { ok: response.ok, body: body }; });
-        })
+      this.fetchCatalog()
         .then(function (result) {
+          if (!result) {
+            self.emit("widget.config_error", { error: "simulator unreachable" });
+            return;
+          }
           if (!result.ok) {
             self.emit("widget.config_error", { error: result.body.error || "invalid public id" });
             return;
@@ -55,8 +71,7 @@
           } else {
             self.showModal(catalog);
           }
-        })
-        .catch(function () { self.emit("widget.config_error", { error: "simulator unreachable" }); });
+        });
     }
 
     showModal(catalog) {
