@@ -1,8 +1,13 @@
 """The connection state machine. Pure: no I/O, unit-tested without a database.
 
-Events can arrive repeated and in any order. The status is a last-writer-wins register keyed
-by the event's ``date``: an event older than the status it would replace is recorded but does
-not change the status (revocation before success ends revoked). Repeats are no-ops.
+Events can arrive repeated and in any order, and Fasten re-dates every retry (``date`` is the
+attempt time), so dates cannot order a revocation against a success. Rules:
+
+- A revocation always applies: ``revoked`` is sticky.
+- A success for a revoked connection is either stale (overtaken by the revocation) or a real
+  reconnect; the transition asks for verification and the caller asks Fasten
+  (``GET /bridge/org_connection/{id}``), then applies ``confirm_reauthorized``.
+- Between ``authorized`` and ``rejected`` the later ``date`` wins. Repeats are no-ops.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class Transition:
     changed: bool
     request_export: bool = False
     cancel_exports: bool = False
+    verify: bool = False  # ask Fasten whether a success after a revocation is a reconnect
 
 
 def _newer(state: ConnectionState, at: datetime) -> bool:
@@ -48,7 +54,6 @@ def _to(state: ConnectionState, status: str, at: datetime) -> Transition:
         ConnectionState(status, at),
         changed=True,
         request_export=status == ConnectionStatus.AUTHORIZED,
-        cancel_exports=status == ConnectionStatus.REVOKED,
     )
 
 
@@ -61,11 +66,26 @@ def on_connection_success(
         if (connection_status or "").lower() == ConnectionStatus.REJECTED
         else ConnectionStatus.AUTHORIZED
     )
+    if state.status == ConnectionStatus.REVOKED:
+        return Transition(state, changed=False, verify=target == ConnectionStatus.AUTHORIZED)
     return _to(state, target, at)
 
 
 def on_authorization_revoked(state: ConnectionState, at: datetime) -> Transition:
-    return _to(state, ConnectionStatus.REVOKED, at)
+    if state.status == ConnectionStatus.REVOKED:
+        return Transition(state, changed=False)
+    return Transition(
+        ConnectionState(ConnectionStatus.REVOKED, at), changed=True, cancel_exports=True
+    )
+
+
+def confirm_reauthorized(state: ConnectionState, at: datetime) -> Transition:
+    """Fasten confirmed a revoked connection is authorized again (a reconnect)."""
+    if state.status != ConnectionStatus.REVOKED:
+        return Transition(state, changed=False)
+    return Transition(
+        ConnectionState(ConnectionStatus.AUTHORIZED, at), changed=True, request_export=True
+    )
 
 
 def on_export_activity(state: ConnectionState, at: datetime) -> Transition:

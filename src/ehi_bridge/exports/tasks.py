@@ -14,6 +14,7 @@ import structlog
 from dbos import DBOS, SetWorkflowID
 
 from ehi_bridge import runtime
+from ehi_bridge.config import Mode
 from ehi_bridge.exports import service
 from ehi_bridge.webhooks.service import AlertRequest
 
@@ -75,8 +76,39 @@ def launch_follow_ups(follow: dict[str, Any]) -> None:
         start_ingest(export_id, "webhook")
     for export_id in follow["cancelled_exports"]:
         _cancel_step(export_id)
+    for connection_id in follow["verify_connections"]:
+        new_export = _verify_connection_step(connection_id)
+        if new_export is not None:
+            start_export(new_export)
     for alert in follow["alerts"]:
         _alert_step(alert["kind"], alert["dedup_key"], alert["message"], alert["context"])
+
+
+@DBOS.step()
+def _verify_connection_step(connection_id: str) -> int | None:
+    """A success arrived for a revoked connection: ask Fasten whether it is a reconnect."""
+    from ehi_bridge.connections import repository as connections_repo
+    from ehi_bridge.fasten.client import client_for_mode
+    from ehi_bridge.webhooks.service import reauthorize_if_confirmed
+
+    rt = runtime.current()
+    with rt.db.read_session() as session:
+        connection = connections_repo.get(session, connection_id)
+        if connection is None or not connection.org_connection_id:
+            return None
+        org_connection_id = connection.org_connection_id
+        mode: Mode = "live" if connection.api_mode == "live" else "test"
+
+    async def ask() -> str | None:
+        async with client_for_mode(rt.settings, mode) as client:
+            return (await client.org_connection(org_connection_id)).status
+
+    try:
+        status = asyncio.run(ask())
+    except Exception as exc:
+        log.warning("connection check failed", error_type=type(exc).__name__)
+        return None
+    return reauthorize_if_confirmed(rt.db, rt.settings, connection_id, status)
 
 
 # --- request and deadline ---------------------------------------------------------------

@@ -25,6 +25,7 @@ from ehi_bridge.connections.state import (
     ConnectionState,
     ConnectionStatus,
     Transition,
+    confirm_reauthorized,
     on_authorization_revoked,
     on_connection_success,
     on_export_activity,
@@ -57,6 +58,7 @@ class FollowUps:
     run_exports: list[int] = field(default_factory=list)  # request + deadline watch
     ingest_exports: list[int] = field(default_factory=list)  # download + ingest
     cancelled_exports: list[int] = field(default_factory=list)
+    verify_connections: list[str] = field(default_factory=list)  # success after revocation
     alerts: list[AlertRequest] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -64,6 +66,7 @@ class FollowUps:
             "run_exports": self.run_exports,
             "ingest_exports": self.ingest_exports,
             "cancelled_exports": self.cancelled_exports,
+            "verify_connections": self.verify_connections,
             "alerts": [
                 {
                     "kind": a.kind,
@@ -188,9 +191,28 @@ def _connection_success(
     )
     result = on_connection_success(_state(connection), event.connection_status, at)
     _apply_transition(connection, result)
+    if result.verify:
+        follow.verify_connections.append(connection.id)
     if result.request_export and settings.auto_request_export:
         export = exports_repo.create(session, connection.id, trigger="auto")
         follow.run_exports.append(export.id)
+
+
+def reauthorize_if_confirmed(
+    db: Database, settings: Settings, connection_id: str, fasten_status: str | None
+) -> int | None:
+    """Apply Fasten's answer about a revoked connection; the new export's id, if any."""
+    if fasten_status != ConnectionStatus.AUTHORIZED:
+        return None
+    with db.session() as session:
+        connection = connections_repo.get(session, connection_id)
+        if connection is None:
+            return None
+        result = confirm_reauthorized(_state(connection), utcnow())
+        _apply_transition(connection, result)
+        if result.request_export and settings.auto_request_export:
+            return exports_repo.create(session, connection.id, trigger="auto").id
+        return None
 
 
 def _export_for_task(session: Session, connection: Connection, task_id: str | None) -> Export:

@@ -17,7 +17,13 @@ from ehi_bridge.db.engine import Database
 from ehi_bridge.exports.models import Export
 from ehi_bridge.records.models import Resource
 from ehi_bridge.webhooks.models import InboxEvent
-from ehi_bridge.webhooks.service import EventRejected, FollowUps, apply_event, replay_events
+from ehi_bridge.webhooks.service import (
+    EventRejected,
+    FollowUps,
+    apply_event,
+    reauthorize_if_confirmed,
+    replay_events,
+)
 from tests.webhook_client import connection_success, envelope
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -106,8 +112,9 @@ def test_success_requests_one_export_and_repeat_changes_nothing(db: Database) ->
 
 def test_revocation_before_success_ends_revoked_without_export(db: Database) -> None:
     deliver(db, revoked("c2", T0 + timedelta(minutes=5)))
-    follow = deliver(db, success("c2", T0))
+    follow = deliver(db, success("c2", T0 + timedelta(minutes=10)))  # re-dated retry
     assert follow.run_exports == []
+    assert follow.verify_connections == [connection(db, "c2").id]
     assert connection(db, "c2").status == "revoked"
     assert exports(db) == []
 
@@ -199,6 +206,18 @@ def test_unknown_type_is_stored_and_ignored(db: Database) -> None:
     assert apply_event(db, SETTINGS, inbox_id) == FollowUps()
     with db.read_session() as session:
         assert session.get(InboxEvent, inbox_id).status == "ignored"  # type: ignore[union-attr]
+
+
+def test_reauthorization_needs_fasten_confirmation(db: Database) -> None:
+    deliver(db, success("c10", T0))
+    deliver(db, revoked("c10", T0 + timedelta(minutes=1)))
+    conn_id = connection(db, "c10").id
+    assert reauthorize_if_confirmed(db, SETTINGS, conn_id, "revoked") is None
+    assert connection(db, "c10").status == "revoked"
+    new_export = reauthorize_if_confirmed(db, SETTINGS, conn_id, "authorized")
+    assert new_export is not None
+    assert connection(db, "c10").status == "authorized"
+    assert [e.status for e in exports(db)] == ["cancelled", "requested"]
 
 
 def test_tefca_event_without_ids_is_applied_without_a_connection(db: Database) -> None:

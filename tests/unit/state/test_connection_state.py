@@ -2,6 +2,7 @@ from datetime import UTC, datetime, timedelta
 
 from ehi_bridge.connections.state import (
     ConnectionState,
+    confirm_reauthorized,
     on_authorization_revoked,
     on_connection_success,
     on_export_activity,
@@ -41,10 +42,31 @@ def test_success_then_revocation_cancels_exports() -> None:
     assert result.state.status == "revoked" and result.cancel_exports
 
 
-def test_reconnect_after_revocation_authorizes_again() -> None:
+def test_success_after_revocation_asks_fasten_even_when_dated_later() -> None:
+    # Fasten re-dates retries, so a stale success can carry the later date.
     revoked = on_authorization_revoked(NEW, T0).state
     result = on_connection_success(revoked, "authorized", T0 + timedelta(days=1))
+    assert result.state.status == "revoked" and result.verify and not result.request_export
+
+
+def test_confirmed_reconnect_authorizes_again_and_requests_export() -> None:
+    revoked = on_authorization_revoked(NEW, T0).state
+    result = confirm_reauthorized(revoked, T0 + timedelta(days=1))
     assert result.state.status == "authorized" and result.request_export
+    assert not confirm_reauthorized(result.state, T0 + timedelta(days=2)).changed
+
+
+def test_revocation_is_sticky_whatever_the_dates() -> None:
+    authorized = on_connection_success(NEW, "authorized", T0 + timedelta(hours=1)).state
+    result = on_authorization_revoked(authorized, T0)
+    assert result.state.status == "revoked" and result.cancel_exports
+
+
+def test_later_date_wins_between_authorized_and_rejected() -> None:
+    rejected = on_connection_success(NEW, "rejected", T0 + timedelta(minutes=5)).state
+    assert on_connection_success(rejected, "authorized", T0).state.status == "rejected"
+    later = on_connection_success(rejected, "authorized", T0 + timedelta(minutes=9))
+    assert later.state.status == "authorized" and later.request_export
 
 
 def test_export_activity_only_fills_an_unknown_connection() -> None:
