@@ -93,11 +93,12 @@ class Received:
 
 @dataclass
 class Receiver:
-    """Records every request; answers the next status of ``script`` (then 200)."""
+    """Records every request; answers the next status (or (status, headers)) of ``script``,
+    then 200."""
 
     url: str = ""
     received: list[Received] = field(default_factory=list)
-    script: list[int] = field(default_factory=list)
+    script: list[int | tuple[int, dict[str, str]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -106,12 +107,13 @@ class Receiver:
         body = await read_body(receive)
         with self.lock:
             self.received.append(Received(scope["method"], scope["path"], headers_of(scope), body))
-            status = self.script.pop(0) if self.script else 200
-        await respond(send, status, b"ok")
+            answer = self.script.pop(0) if self.script else 200
+        status, headers = answer if isinstance(answer, tuple) else (answer, {})
+        await respond(send, status, b"ok", headers)
 
 
 @contextmanager
-def receiver(script: list[int] | None = None) -> Iterator[Receiver]:
+def receiver(script: list[int | tuple[int, dict[str, str]]] | None = None) -> Iterator[Receiver]:
     rec = Receiver(script=list(script or []))
     with serve(rec) as base:
         rec.url = f"{base}/hook"
