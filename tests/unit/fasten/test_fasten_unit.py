@@ -12,7 +12,12 @@ from pydantic import SecretStr
 
 from ehi_bridge.config import Settings
 from ehi_bridge.fasten.client import FastenClient, _content_range, client_for_mode
-from ehi_bridge.fasten.errors import DownloadError, DownloadRefused, FastenNotConfigured
+from ehi_bridge.fasten.errors import (
+    DownloadError,
+    DownloadRefused,
+    FastenNotConfigured,
+    FastenProtocolError,
+)
 from ehi_bridge.fasten.retry import full_jitter, is_retryable_status, parse_retry_after
 from ehi_bridge.fasten.schemas import ExportTask, OrgConnection
 
@@ -178,3 +183,48 @@ async def test_clean_end_before_content_length_counts_as_truncated(tmp_path: Pat
     assert info.value.reason == "truncated"
     assert seen[0] is None and seen[1] == "bytes=400-"
     assert list(tmp_path.iterdir()) == []
+
+
+def _recording_client(
+    handler: httpx.MockTransport, allowed: set[str] | None = None
+) -> FastenClient:
+    client = FastenClient("https://api.example.test/v1", "pub", "priv", allowed_hosts=allowed)
+    client._api = httpx.AsyncClient(transport=handler, follow_redirects=False)
+    client._storage = httpx.AsyncClient(transport=handler, follow_redirects=False)
+    return client
+
+
+async def test_redirect_may_not_downgrade_to_http(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url.host))
+        return httpx.Response(302, headers={"location": "http://storage.example.test/o?sig=1"})
+
+    async with _recording_client(httpx.MockTransport(handler)) as client:
+        with pytest.raises(DownloadRefused) as info:
+            await client.download("https://api.example.test/v1/x/download/f", tmp_path / "f")
+    assert (info.value.host, info.value.reason) == ("storage.example.test", "scheme_not_allowed")
+    assert seen == ["api.example.test"]
+
+
+async def test_credentials_go_only_to_the_api_origin(tmp_path: Path) -> None:
+    """An allow-listed host that is not the API (or the API host on another port) gets
+    no Authorization header; the API origin does."""
+    auth: dict[str, str | None] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        auth[f"{request.url.host}:{request.url.port}"] = request.headers.get("authorization")
+        return httpx.Response(200, headers={"content-length": "3"}, stream=_Short(b"{}\n"))
+
+    allowed = {"api.example.test", "files.example.test"}
+    async with _recording_client(httpx.MockTransport(handler), allowed) as client:
+        await client.download("https://files.example.test/o", tmp_path / "a")
+        await client.download("https://api.example.test:8443/o", tmp_path / "b")
+        with pytest.raises(FastenProtocolError):  # the API must answer a redirect
+            await client.download("https://api.example.test/v1/t/download/f", tmp_path / "c")
+    assert auth == {
+        "files.example.test:None": None,
+        "api.example.test:8443": None,
+        "api.example.test:None": "Basic cHViOnByaXY=",
+    }
