@@ -579,7 +579,10 @@ class Simulator:
             if export.behaviour.fail_reason is None:
                 export.file.stats  # noqa: B018 - measure outside the lock (can be slow)
             with self._lock:
-                if export.status != "pending":
+                current = self.exports.get(export.task_id) is export
+                if export.status != "pending" or not current:
+                    continue  # finished meanwhile, or forgotten by a reset
+                if export.org_connection_id not in self.connections:
                     continue
                 self._finish_export(export, now)
                 done.append(export)

@@ -107,7 +107,11 @@ class WebhookSender:
             self._spawn(self._send_all(client, batch))  # in the released order, one by one
 
     async def _complete_exports(self) -> object:
-        done = await asyncio.to_thread(self.sim.complete_due_exports)
+        try:
+            done = await asyncio.to_thread(self.sim.complete_due_exports)
+        except Exception:
+            log.exception("simulator could not complete exports")
+            return None
         self._wake()
         return done
 

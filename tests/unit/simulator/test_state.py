@@ -224,3 +224,13 @@ def test_control_api_loopback_check() -> None:
     assert not _is_loopback("10.0.0.5")
     assert not _is_loopback("example.com")
     assert not _is_loopback(None)
+
+
+def test_reset_forgets_pending_exports(sim: Simulator) -> None:
+    conn = sim.connect(send_webhook=False)
+    export = sim.request_export(conn.org_connection_id, "test")
+    sim.reset()
+    sim.advance_clock(10)
+    assert sim.complete_due_exports() == []
+    assert export.status == "pending"
+    assert sim.list_deliveries() == []
