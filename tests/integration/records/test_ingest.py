@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -11,7 +12,11 @@ from sqlalchemy import text
 
 from ehi_bridge.db.engine import Database
 from ehi_bridge.records.ingest import IngestReport, ingest_file
-from ehi_bridge.records.repository import mark_connection_revoked, purge_connection
+from ehi_bridge.records.repository import (
+    ResourceWriter,
+    mark_connection_revoked,
+    purge_connection,
+)
 from tests.integration.records.helpers import (
     FIXTURE,
     duplicate_keys,
@@ -326,3 +331,34 @@ def test_larger_file_in_many_batches(db: Database, tmp_path: Path) -> None:
     assert report.complete and report.inserted == len(lines)
     assert row_count(db, connection_id) == len(lines) and duplicate_keys(db) == []
     assert seen == sorted(seen) and seen[-1] == path.stat().st_size == report.bytes_read
+
+
+def test_insert_of_a_key_stored_meanwhile_falls_back_to_upsert(db: Database) -> None:
+    """Another writer stored the key after our lookup: the batch still lands, once."""
+    connection_id = new_connection(db)
+    line = fixture_lines()[0]
+    doc = orjson.loads(line)
+    ingest_file(db, FIXTURE, connection_id=connection_id, export_id=None)
+    changed = _variant(line, "z")
+    with db.engine.connect() as conn:
+        writer = ResourceWriter(conn)
+        with conn.begin():
+            writer.prepare()
+        row = (
+            connection_id,
+            doc["resourceType"],
+            doc["id"],
+            changed,
+            hashlib.sha256(changed).digest(),
+            2,
+            None,
+            None,
+            None,
+            writer.bind_time(datetime.now(UTC)),
+            False,
+        )
+        with conn.begin():
+            writer.insert_new([row])
+    rows = stored(db, connection_id)
+    assert rows[(doc["resourceType"], doc["id"])].raw == changed
+    assert row_count(db, connection_id) == len(fixture_lines()) and duplicate_keys(db) == []
