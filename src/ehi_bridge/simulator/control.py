@@ -54,6 +54,8 @@ class ConnectBody(BaseModel):
     patient_index: int | None = None
     behaviour: dict[str, Any] | None = None
     send_webhook: bool = True
+    rejected: bool = False
+    tefca: bool = False
 
 
 class RevokeBody(BaseModel):
@@ -131,6 +133,8 @@ def connect(body: ConnectBody, sim: Sim) -> list[dict[str, Any]]:
         patient_index=body.patient_index,
         behaviour=body.behaviour,
         send_webhook=body.send_webhook,
+        rejected=body.rejected,
+        tefca=body.tefca,
     )
     return [c.to_dict() for c in conns]
 

@@ -101,15 +101,16 @@ class Connection:
     created_at: float
     consent_expires_at: float
     behaviour: Behaviour = field(default_factory=Behaviour)
+    tefca: bool = False
 
     def webhook_data(self) -> dict[str, Any]:
-        """``data`` of ``patient.connection_success``."""
+        """``data`` of ``patient.connection_success`` (TEFCA mode: no brand/portal/endpoint)."""
         data: dict[str, Any] = {
             "org_connection_id": self.org_connection_id,
             "endpoint_id": self.brand.endpoint_id,
             "brand_id": self.brand.brand_id,
             "portal_id": self.brand.portal_id,
-            "connection_status": "authorized",
+            "connection_status": "rejected" if self.status == "rejected" else "authorized",
             "platform_type": self.brand.platform_type,
             "request_id": self.request_id,
             "external_state": self.external_state or "",
@@ -118,6 +119,10 @@ class Connection:
         }
         if self.external_id is not None:
             data["external_id"] = self.external_id
+        if self.tefca:
+            for key in ("endpoint_id", "brand_id", "portal_id"):
+                del data[key]
+            data["tefca_directory_id"] = f"tefca-{self.brand.org_id}"
         return data
 
     def api_view(self) -> dict[str, Any]:
@@ -429,8 +434,14 @@ class Simulator:
         behaviour: Behaviour | dict[str, Any] | None = None,
         send_webhook: bool = True,
         reconnect_org_connection_id: str | None = None,
+        rejected: bool = False,
+        tefca: bool = False,
     ) -> Connection:
-        """A patient authorizes a portal: a new connection (and its webhook)."""
+        """A patient authorizes a portal: a new connection (and its webhook).
+
+        ``rejected``: the webhook says ``connection_status: rejected`` and exports are
+        refused; ``tefca``: the webhook lacks brand/portal/endpoint ids (TEFCA mode).
+        """
         if mode not in self.config.modes:
             raise SimulatorError(f"unknown mode {mode!r}")
         chosen = self.brand(brand)
@@ -450,7 +461,7 @@ class Simulator:
                 else None
             )
             if existing is not None:
-                existing.status = "authorized"
+                existing.status = "rejected" if rejected else "authorized"
                 existing.consent_expires_at = now + self.config.consent_lifetime_days * 86400
                 if behaviour is not None:
                     existing.behaviour = behaviour
@@ -464,11 +475,12 @@ class Simulator:
                     external_id=external_id,
                     external_state=external_state,
                     request_id=str(uuid.uuid4()),
-                    status="authorized",
+                    status="rejected" if rejected else "authorized",
                     scope="openid fhirUser offline_access patient/*.read",
                     created_at=now,
                     consent_expires_at=now + self.config.consent_lifetime_days * 86400,
                     behaviour=behaviour or Behaviour(),
+                    tefca=tefca,
                 )
                 self.connections[conn.org_connection_id] = conn
             if send_webhook:

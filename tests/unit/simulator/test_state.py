@@ -234,3 +234,20 @@ def test_reset_forgets_pending_exports(sim: Simulator) -> None:
     assert sim.complete_due_exports() == []
     assert export.status == "pending"
     assert sim.list_deliveries() == []
+
+
+def test_rejected_connection_says_so_and_cannot_export(sim: Simulator) -> None:
+    conn = sim.connect(rejected=True)
+    [delivery] = sim.list_deliveries("patient.connection_success")
+    assert delivery.data["connection_status"] == "rejected"
+    with pytest.raises(SimulatorError):
+        sim.request_export(conn.org_connection_id, "test")
+
+
+def test_tefca_connection_lacks_portal_ids(sim: Simulator) -> None:
+    sim.connect(tefca=True, external_id="t-1")
+    [delivery] = sim.list_deliveries("patient.connection_success")
+    assert not {"brand_id", "portal_id", "endpoint_id"} & set(delivery.data)
+    assert delivery.data["tefca_directory_id"]
+    assert delivery.data["external_id"] == "t-1"
+    assert delivery.data["connection_status"] == "authorized"
