@@ -66,6 +66,16 @@ def page(browser: Any) -> Iterator[Any]:
     context.close()
 
 
+def recording_connections_available() -> bool:
+    """Whether ``POST /api/connect/complete`` can record a connection yet (it needs
+    ``connections.service.record_widget_complete``)."""
+    try:
+        from ehi_bridge.connections import service
+    except ImportError:
+        return False
+    return hasattr(service, "record_widget_complete")
+
+
 def save_screenshot(tab: Any, tmp_path: Path, name: str) -> Path:
     """Into the test's tmp dir, and into ``EHI_SCREENSHOT_DIR`` when set (to look at)."""
     path = tmp_path / name

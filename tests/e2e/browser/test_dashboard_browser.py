@@ -12,7 +12,11 @@ from sqlalchemy import select
 from ehi_bridge.auth.models import AuditLog
 from ehi_bridge.connections.models import Connection
 from ehi_bridge.webhooks.models import InboxEvent
-from tests.e2e.browser.conftest import LiveDashboard, save_screenshot
+from tests.e2e.browser.conftest import (
+    LiveDashboard,
+    recording_connections_available,
+    save_screenshot,
+)
 from tests.integration.dashboard.helpers import PASSWORD, USERNAME
 
 pytestmark = pytest.mark.browser
@@ -95,18 +99,10 @@ def test_operator_journey(page: Any, live_dashboard: LiveDashboard, tmp_path: Pa
     assert failed == []
 
 
-def _recording_connections_available() -> bool:
-    try:
-        from ehi_bridge.connections import service
-    except ImportError:
-        return False
-    return hasattr(service, "record_widget_complete")
-
-
 def test_patient_connects_from_a_link(
     page: Any, live_dashboard: LiveDashboard, tmp_path: Path
 ) -> None:
-    if not _recording_connections_available():
+    if not recording_connections_available():
         pytest.skip("POST /api/connect/complete needs connections.service.record_widget_complete")
     base = live_dashboard.base_url
     log_in(page, base)

@@ -15,24 +15,17 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.browser.conftest import save_screenshot
+from tests.e2e.browser.conftest import recording_connections_available, save_screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 WAIT_MS = 90_000
 
 
-@pytest.fixture
-def stack(request: pytest.FixtureRequest) -> Any:
-    try:
-        return request.getfixturevalue("live_stack")
-    except pytest.FixtureLookupError:
-        pytest.skip("the live_stack fixture (service + simulator subprocesses) is not provided")
-
-
 def test_patient_connects_and_operator_follows_through(
-    page: Any, stack: Any, tmp_path: Path
+    page: Any, live_stack: Any, tmp_path: Path
 ) -> None:
+    stack = live_stack
     base = stack.base_url
     external_id = f"browser-{uuid.uuid4().hex[:8]}"
 
@@ -60,6 +53,9 @@ def test_patient_connects_and_operator_follows_through(
     patient.locator(
         "#connections .connection-row", has_text=re.compile(r"complete|partial")
     ).first.wait_for(timeout=WAIT_MS)
+    if recording_connections_available():
+        # The page's POST /api/connect/complete was accepted, not only the webhook.
+        assert "Connected." in patient.locator("#widget-status").inner_text()
     save_screenshot(patient, tmp_path, "full-stack-connect.png")
     patient.close()
 
