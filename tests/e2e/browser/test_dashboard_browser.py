@@ -57,9 +57,10 @@ def test_operator_journey(page: Any, live_dashboard: LiveDashboard, tmp_path: Pa
     log_in(page, base)
     # Overview: tiles and the four charts drawn.
     page.wait_for_function(
-        "() => [...document.querySelectorAll('canvas')]"
+        "() => [...document.querySelectorAll('.chart canvas')]"
         ".every(c => c.width > 0 && Chart.getChart(c))"
     )
+    assert page.locator(".chart canvas").count() == 4
     assert page.locator(".tile .num").first.inner_text() == "2"
     save_screenshot(page, tmp_path, "overview.png")
 

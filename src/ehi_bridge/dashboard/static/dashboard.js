@@ -16,9 +16,23 @@
   Chart.defaults.maintainAspectRatio = false;
   Chart.defaults.animation = false;
 
+  function empty(config) {
+    return config.data.datasets.every(function (set) {
+      return set.data.every(function (v) { return !v; });
+    });
+  }
+
   function draw(id, config) {
     var canvas = document.getElementById(id);
-    if (canvas) { new Chart(canvas, config); }
+    if (!canvas) { return; }
+    if (empty(config)) {
+      var note = document.createElement("p");
+      note.className = "muted empty-chart";
+      note.textContent = "Nothing in this period.";
+      canvas.replaceWith(note);
+      return;
+    }
+    new Chart(canvas, config);
   }
 
   var d = data.deliveries;
