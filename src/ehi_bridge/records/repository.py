@@ -68,6 +68,7 @@ _PG_TYPES: Final = [
 ]
 _STAGE_TABLE: Final = "ehi_ingest_stage"
 _LOOKUP_CHUNK: Final = 400  # keys per SELECT … IN (…): well under any bind-parameter limit
+SQLITE_INGEST_CHECKPOINT: Final = 4000  # pages (16 KiB each on new databases)
 SQLITE_ROWS_PER_STATEMENT: Final = 64  # x 11 columns: well under SQLite's 32,766 variables
 
 
@@ -159,12 +160,14 @@ class ResourceWriter:
                 "ingested_at timestamptz, revoked boolean) ON COMMIT DELETE ROWS"
             )
         else:
-            # 32 MiB page cache (default 2 MiB) keeps the two indexes' hot pages in memory.
-            pass  # self.conn.exec_driver_sql("PRAGMA cache_size=-32768")
+            # Checkpoint the WAL every ~64 MiB instead of every ~16 MiB: index pages that
+            # several batches rewrite reach the database file once. (A larger page cache
+            # measured no faster and costs RSS, so it stays at the default.)
+            self.conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={SQLITE_INGEST_CHECKPOINT}")
 
     def release(self) -> None:
         if self.dialect == "sqlite":
-            self.conn.exec_driver_sql("PRAGMA cache_size=-2000")
+            self.conn.exec_driver_sql("PRAGMA wal_autocheckpoint=1000")  # SQLite's default
 
     def upsert(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Insert new keys; rewrite existing keys only where the content hash differs."""
