@@ -415,7 +415,8 @@ def ingest_file(
             stop.set()
             parser.join()
             journal.close()
-            writer.release()
+            with conn.begin():
+                writer.release()
     report.inserted = counts.inserted
     report.updated = counts.updated
     report.unchanged = counts.unchanged

@@ -362,3 +362,14 @@ def test_insert_of_a_key_stored_meanwhile_falls_back_to_upsert(db: Database) -> 
     rows = stored(db, connection_id)
     assert rows[(doc["resourceType"], doc["id"])].raw == changed
     assert row_count(db, connection_id) == len(fixture_lines()) and duplicate_keys(db) == []
+
+
+def test_empty_file(db: Database, tmp_path: Path) -> None:
+    connection_id = new_connection(db)
+    empty = tmp_path / "empty.ndjson"
+    empty.write_bytes(b"\n\n")
+    report = ingest_file(db, empty, connection_id=connection_id, export_id=None)
+    assert (report.lines, report.resources, report.errors, report.status) == (0, 0, 0, "complete")
+    expected = ingest_file(db, empty, connection_id=connection_id, export_id=None, expected_total=3)
+    assert expected.status == "partial"
+    assert expected.mismatches == [{"resource_type": None, "expected": 3, "ingested": 0}]
