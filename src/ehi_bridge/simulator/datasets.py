@@ -180,16 +180,31 @@ def patient_lines(patient_index: int) -> Sequence[bytes]:
     return data.lines[patient_index % len(data.lines)]
 
 
-def _rewrite_ids(line: bytes, copy: int, memo: dict[bytes, bytes]) -> bytes:
-    def replace(match: re.Match[bytes]) -> bytes:
-        old = match.group(0)
+@cache
+def _templates(patient_index: int) -> tuple[tuple[tuple[bytes, ...], tuple[bytes, ...]], ...]:
+    """Each line split at its UUIDs: (literal pieces, UUIDs), so copies are cheap joins."""
+    out = []
+    for line in patient_lines(patient_index):
+        pieces = _UUID_RE.split(line)
+        out.append((tuple(pieces), tuple(_UUID_RE.findall(line))))
+    return tuple(out)
+
+
+def _copy_uuid(copy: int, old: bytes) -> bytes:
+    return str(uuid.uuid5(_SCALE_NAMESPACE, f"{copy}:{old.decode()}")).encode()
+
+
+def _rewrite(
+    pieces: tuple[bytes, ...], uuids: tuple[bytes, ...], copy: int, memo: dict[bytes, bytes]
+) -> bytes:
+    out = [pieces[0]]
+    for old, piece in zip(uuids, pieces[1:], strict=True):
         new = memo.get(old)
         if new is None:
-            new = str(uuid.uuid5(_SCALE_NAMESPACE, f"{copy}:{old.decode()}")).encode()
-            memo[old] = new
-        return new
-
-    return _UUID_RE.sub(replace, line)
+            new = memo[old] = _copy_uuid(copy, old)
+        out.append(new)
+        out.append(piece)
+    return b"".join(out)
 
 
 def malformed_line(kind: str, template: bytes) -> bytes:
@@ -230,13 +245,17 @@ def build_patient_export(
         bad_at.setdefault(rng.randrange(total + 1), []).append(
             malformed_kinds[i % len(malformed_kinds)]
         )
+    templates = _templates(patient_index % patient_count()) if scale > 1 else ()
     position = 0
     for copy in range(scale):
         memo: dict[bytes, bytes] = {}
-        for line in base:
+        for i, line in enumerate(base):
             for kind in bad_at.get(position, ()):
                 yield malformed_line(kind, line) + b"\n"
-            yield (line if copy == 0 else _rewrite_ids(line, copy, memo)) + b"\n"
+            if copy:
+                pieces, uuids = templates[i]
+                line = _rewrite(pieces, uuids, copy, memo)
+            yield line + b"\n"
             position += 1
     for kind in bad_at.get(position, ()):
         yield malformed_line(kind, base[-1]) + b"\n"
