@@ -177,6 +177,12 @@ def set_behaviour(
 
 
 @scenario.command()
+def default(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None, behaviour: SetOpt = None) -> None:
+    """Set the behaviour of connections made from now on (e.g. through the widget)."""
+    _call(url, token, "PATCH", "/behaviour/default", _pairs(behaviour or []))
+
+
+@scenario.command()
 def revoke(
     org_connection_ids: Annotated[list[str] | None, typer.Argument()] = None,
     url: UrlOpt = DEFAULT_URL,

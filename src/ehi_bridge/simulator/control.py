@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request
@@ -153,6 +154,16 @@ def get_connection(org_connection_id: str, sim: Sim) -> dict[str, Any]:
 def set_behaviour(org_connection_id: str, changes: dict[str, Any], sim: Sim) -> dict[str, Any]:
     sim.set_behaviour(org_connection_id, **changes)
     return sim.connection(org_connection_id).to_dict()
+
+
+@router.get("/behaviour/default")
+def get_default_behaviour(sim: Sim) -> dict[str, Any]:
+    return asdict(sim.default_behaviour)
+
+
+@router.patch("/behaviour/default")
+def set_default_behaviour(changes: dict[str, Any], sim: Sim) -> dict[str, Any]:
+    return asdict(sim.set_default_behaviour(**changes))
 
 
 @router.post("/revoke")

@@ -352,6 +352,7 @@ class Simulator:
         self._holding = False
         self._seq = 0
         self._release_groups = 0
+        self.default_behaviour = Behaviour()
 
     def set_wakeup(self, wakeup: Callable[[], None]) -> None:
         """Called by the sender so that new work is noticed before the next tick."""
@@ -479,7 +480,7 @@ class Simulator:
                     scope="openid fhirUser offline_access patient/*.read",
                     created_at=now,
                     consent_expires_at=now + self.config.consent_lifetime_days * 86400,
-                    behaviour=behaviour or Behaviour(),
+                    behaviour=behaviour or replace(self.default_behaviour),
                     tefca=tefca,
                 )
                 self.connections[conn.org_connection_id] = conn
@@ -495,6 +496,12 @@ class Simulator:
                 kwargs["external_id"] = external_ids[i] if i < len(external_ids) else None
             out.append(self.connect(**kwargs))
         return out
+
+    def set_default_behaviour(self, **changes: Any) -> Behaviour:
+        """Behaviour of connections made from now on without one (e.g. through the widget)."""
+        with self._lock:
+            self.default_behaviour = self.default_behaviour.updated(changes)
+            return self.default_behaviour
 
     def set_behaviour(self, org_connection_id: str, **changes: Any) -> Behaviour:
         with self._lock:

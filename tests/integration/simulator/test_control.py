@@ -94,6 +94,21 @@ def test_hold_release_clock_and_reset(simulator: SimulatorServer, receiver: Rece
     assert state["clock"]["offset_seconds"] == 0
 
 
+def test_default_behaviour_for_widget_connections(simulator: SimulatorServer) -> None:
+    changed = _sim(
+        simulator, "PATCH", "/behaviour/default", {"fail_reason": "token_refresh_failure"}
+    )
+    assert changed.json()["fail_reason"] == "token_refresh_failure"
+    assert _sim(simulator, "GET", "/behaviour/default").json() == changed.json()
+    result = httpx.post(
+        f"{simulator.api_url}/stitch/connect",
+        json={"public_id": "public_test_sim", "brand_id": "brand-epic"},
+    ).json()
+    conn = simulator.sim.connection(result["widget_complete"]["org_connection_id"])
+    assert conn.behaviour.fail_reason == "token_refresh_failure"
+    assert _sim(simulator, "PATCH", "/behaviour/default", {"scale": 0}).status_code == 400
+
+
 def test_storage_requests_are_listed(simulator: SimulatorServer) -> None:
     conn = simulator.sim.connect(send_webhook=False)
     export = simulator.sim.request_export(conn.org_connection_id, "test")
@@ -170,6 +185,12 @@ def test_scenario_cli_drives_the_simulator(simulator: SimulatorServer, receiver:
     types = [d["type"] for d in orjson.loads(result.output)]
     assert types.count("patient.connection_success") == 2
     assert "patient.ehi_export_success" in types and "webhook.test" in types
+
+    result = runner.invoke(
+        simulator_cli, ["scenario", "default", *url, "--set", "throttle_bytes_per_second=5000"]
+    )
+    assert result.exit_code == 0, result.output
+    assert simulator.sim.default_behaviour.throttle_bytes_per_second == 5000
 
     bad = runner.invoke(simulator_cli, ["scenario", "set", "nope", *url, "--set", "scale=2"])
     assert bad.exit_code == 1

@@ -251,3 +251,19 @@ def test_tefca_connection_lacks_portal_ids(sim: Simulator) -> None:
     assert delivery.data["tefca_directory_id"]
     assert delivery.data["external_id"] == "t-1"
     assert delivery.data["connection_status"] == "authorized"
+
+
+def test_default_behaviour_applies_to_new_connections_only(sim: Simulator) -> None:
+    before = sim.connect(send_webhook=False)
+    sim.set_default_behaviour(slow=True, malformed_lines=2)
+    after = sim.connect(send_webhook=False)
+    explicit = sim.connect(send_webhook=False, behaviour={"scale": 2})
+    assert before.behaviour == Behaviour()
+    assert (after.behaviour.slow, after.behaviour.malformed_lines) == (True, 2)
+    assert (explicit.behaviour.slow, explicit.behaviour.scale) == (False, 2)
+    sim.set_behaviour(after.org_connection_id, slow=False)
+    assert sim.default_behaviour.slow is True  # a copy, not shared
+    with pytest.raises(SimulatorError):
+        sim.set_default_behaviour(fail_reason="nope")
+    sim.reset()
+    assert sim.default_behaviour == Behaviour()
