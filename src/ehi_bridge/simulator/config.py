@@ -67,6 +67,9 @@ class SimulatorConfig:
     retry_factor: float = 15.0
     max_retries: int = 4
     tick_seconds: float = 0.05
+    # Fasten disables endpoints that keep failing (and, per Standard Webhooks, on a 410):
+    # after this many deliveries in a row exhausted their retries. None: never.
+    disable_after_failed_deliveries: int | None = None
     brands: tuple[tuple[str, str, str], ...] = DEFAULT_BRANDS
 
     def retry_delays(self) -> list[float]:

@@ -216,6 +216,24 @@ def release(sim: Sim, body: ReleaseBody | None = None) -> dict[str, Any]:
     return {"released": [d.to_dict() for d in released]}
 
 
+class EnableBody(BaseModel):
+    recover: bool = False
+
+
+@router.get("/endpoints")
+def endpoints(sim: Sim) -> dict[str, Any]:
+    return {
+        mode: {"url": cfg.webhook_url, "disabled": mode in sim.disabled_endpoints}
+        for mode, cfg in sim.config.modes.items()
+    }
+
+
+@router.post("/endpoints/{mode}/enable")
+def enable_endpoint(mode: Mode, sim: Sim, body: EnableBody | None = None) -> dict[str, Any]:
+    recovered = sim.enable_endpoint(mode, recover=(body or EnableBody()).recover)
+    return {"enabled": mode, "recovered": len(recovered)}
+
+
 @router.get("/deliveries")
 def deliveries(
     sim: Sim, event_type: str | None = None, org_connection_id: str | None = None

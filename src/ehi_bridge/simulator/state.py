@@ -353,6 +353,8 @@ class Simulator:
         self._seq = 0
         self._release_groups = 0
         self.default_behaviour = Behaviour()
+        self.disabled_endpoints: set[Mode] = set()
+        self._failed_in_a_row: dict[Mode, int] = {}
 
     def set_wakeup(self, wakeup: Callable[[], None]) -> None:
         """Called by the sender so that new work is noticed before the next tick."""
@@ -680,7 +682,13 @@ class Simulator:
                 data=data,
                 url=url,
                 next_attempt_at=now + behaviour.webhook_delay_seconds,
-                state="held" if self._holding else ("pending" if url else "no_url"),
+                state=(
+                    "endpoint_disabled"
+                    if mode in self.disabled_endpoints
+                    else "held"
+                    if self._holding
+                    else ("pending" if url else "no_url")
+                ),
             )
             self.deliveries.append(delivery)
             out.append(delivery)
@@ -726,7 +734,14 @@ class Simulator:
         """Mark due deliveries as sending and hand them to the sender (ordered)."""
         with self._lock:
             now = self.clock.now()
-            due = [d for d in self.deliveries if d.state == "pending" and d.next_attempt_at <= now]
+            due = []
+            for d in self.deliveries:
+                if d.state != "pending" or d.next_attempt_at > now:
+                    continue
+                if d.api_mode in self.disabled_endpoints:
+                    d.state = "endpoint_disabled"
+                    continue
+                due.append(d)
             due.sort(key=lambda d: (d.release_group or 0, d.release_rank, d.seq))
             for delivery in due:
                 delivery.state = "sending"
@@ -736,16 +751,38 @@ class Simulator:
         with self._lock:
             delivery.attempts.append(attempt)
             ok = attempt.status_code is not None and 200 <= attempt.status_code < 300
+            mode = delivery.api_mode
             if ok:
                 delivery.state = "delivered"
+                self._failed_in_a_row[mode] = 0
                 return
-            if final:
+            if attempt.status_code == 410:  # Standard Webhooks: "disable me"
                 delivery.state = "failed"
+                self.disabled_endpoints.add(mode)
                 return
             retries = self.config.retry_delays()
             done = len(delivery.attempts) - 1
-            if done >= len(retries):
+            if final or done >= len(retries):
                 delivery.state = "failed"
+                self._failed_in_a_row[mode] = self._failed_in_a_row.get(mode, 0) + 1
+                limit = self.config.disable_after_failed_deliveries
+                if limit is not None and self._failed_in_a_row[mode] >= limit:
+                    self.disabled_endpoints.add(mode)
                 return
             delivery.state = "pending"
             delivery.next_attempt_at = self.clock.now() + retries[done]
+
+    def enable_endpoint(self, mode: Mode, recover: bool = False) -> list[Delivery]:
+        """Re-enable a disabled webhook endpoint; ``recover`` re-sends what it missed."""
+        with self._lock:
+            self.disabled_endpoints.discard(mode)
+            self._failed_in_a_row[mode] = 0
+            recovered = []
+            if recover:
+                for d in self.deliveries:
+                    if d.api_mode == mode and d.state in ("endpoint_disabled", "failed"):
+                        d.state = "pending" if d.url else "no_url"
+                        d.next_attempt_at = self.clock.now()
+                        recovered.append(d)
+        self._wakeup()
+        return recovered

@@ -208,3 +208,21 @@ def test_bulk_revocation(simulator: SimulatorServer, receiver: Receiver) -> None
     assert all(e["data"]["connection_status"] == "revoked" for e in events)  # type: ignore[index]
     assert len({e["id"] for e in events}) == 4
     assert simulator.sim.connection(conns[4].org_connection_id).status == "authorized"
+
+
+def test_410_disables_the_endpoint(simulator: SimulatorServer, receiver: Receiver) -> None:
+    import httpx
+
+    receiver.script = [410]
+    simulator.sim.send_test_webhook()
+    first = simulator.sim.list_deliveries()[0]
+    wait_until(lambda: first.state == "failed")
+    control = f"{simulator.api_url}/_sim/endpoints"
+    assert httpx.get(control).json()["test"]["disabled"] is True
+    simulator.sim.send_test_webhook()
+    simulator.sim.advance_clock(3600)
+    assert len(receiver.received) == 1
+    enabled = httpx.post(f"{control}/test/enable", json={"recover": True}).json()
+    assert enabled == {"enabled": "test", "recovered": 2}
+    wait_until(lambda: len(receiver.received) == 3)
+    assert httpx.get(control).json()["test"]["disabled"] is False

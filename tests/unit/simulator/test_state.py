@@ -267,3 +267,36 @@ def test_default_behaviour_applies_to_new_connections_only(sim: Simulator) -> No
         sim.set_default_behaviour(fail_reason="nope")
     sim.reset()
     assert sim.default_behaviour == Behaviour()
+
+
+def test_410_disables_the_endpoint_until_enabled(sim: Simulator) -> None:
+    sim.send_test_webhook()
+    [delivery] = sim.due_deliveries()
+    sim.attempt_finished(delivery, Attempt(1, "", 0, 410, None, b"", {}))
+    assert delivery.state == "failed"
+    assert sim.disabled_endpoints == {"test"}
+    sim.send_test_webhook()
+    assert sim.due_deliveries() == []
+    assert sim.list_deliveries()[1].state == "endpoint_disabled"
+    sim.send_test_webhook("live")  # the other mode's endpoint is unaffected
+    assert [d.api_mode for d in sim.list_deliveries() if d.state == "no_url"] == ["live"]
+    recovered = sim.enable_endpoint("test", recover=True)
+    assert len(recovered) == 2
+    assert len(sim.due_deliveries()) == 2
+
+
+def test_endpoint_disabled_after_failed_deliveries_in_a_row() -> None:
+    config = SimulatorConfig.for_tests(
+        webhook_url_test="http://127.0.0.1:9/hook", disable_after_failed_deliveries=2, max_retries=0
+    )
+    sim = Simulator(config)
+    for expected in (set(), {"test"}):
+        sim.send_test_webhook()
+        [delivery] = sim.due_deliveries()
+        sim.attempt_finished(delivery, Attempt(1, "", 0, 500, None, b"", {}))
+        assert delivery.state == "failed"
+        assert sim.disabled_endpoints == expected
+    sim.enable_endpoint("test")
+    assert sim.disabled_endpoints == set()
+    sim.reset()
+    assert sim.disabled_endpoints == set()
