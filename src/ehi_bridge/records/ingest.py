@@ -125,6 +125,7 @@ class _Batch:
     records: list[tuple[ParsedResource, bool]] = field(default_factory=list)  # (record, dup)
     errors: list[tuple[int, str]] = field(default_factory=list)
     size: int = 0
+    repeats: bool = False  # some key occurs twice in this batch or occurred before it
 
 
 class _Stop(Exception):
@@ -182,6 +183,7 @@ def _mark_repeats(
             by_type[record.resource_type] += 1
         else:
             dup_by_type[record.resource_type] += 1
+            batch.repeats = True
         batch.records.append((record, not first))
 
 
@@ -264,6 +266,29 @@ def _write_batch(
     fresh: bool,
     counts: _Counts,
 ) -> None:
+    if fresh and not batch.repeats:
+        # First ingest of this connection, every key new to the run: nothing to look up.
+        writer.insert_new(
+            [
+                (
+                    connection_id,
+                    r.resource_type,
+                    r.resource_id,
+                    r.raw,
+                    r.content_hash,
+                    1,
+                    r.last_updated,
+                    r.patient_ref,
+                    export_id,
+                    run_at_bound,
+                    False,
+                )
+                for r, _ in batch.records
+            ]
+        )
+        counts.inserted += len(batch.records)
+        writer.add_errors(connection_id, export_id, batch.errors, run_at)
+        return
     # Last occurrence in the batch wins; keep whether the key was seen before the batch.
     latest: dict[Key, tuple[ParsedResource, bool]] = {}
     for record, dup in batch.records:

@@ -16,6 +16,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import chain
 from typing import Any, Final, cast
 
 import orjson
@@ -184,7 +185,7 @@ class ResourceWriter:
                     cursor.executemany(
                         self._multi_sql,
                         [
-                            [value for row in rows[start : start + n] for value in row]
+                            list(chain.from_iterable(rows[start : start + n]))
                             for start in range(0, whole, n)
                         ],
                     )
