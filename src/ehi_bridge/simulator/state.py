@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
+from pydantic import TypeAdapter, ValidationError
+
 from ehi_bridge.config import Mode
 from ehi_bridge.simulator import datasets
 from ehi_bridge.simulator.clock import SimClock, iso
@@ -72,9 +74,16 @@ class Behaviour:
         unknown = set(changes) - known
         if unknown:
             raise SimulatorError(f"unknown behaviour fields: {sorted(unknown)}")
-        new = replace(self, **changes)
+        try:
+            new = _BEHAVIOUR.validate_python({**asdict(self), **changes}, strict=False)
+        except ValidationError as exc:
+            fields_ = ", ".join(str(e["loc"][0]) for e in exc.errors() if e.get("loc"))
+            raise SimulatorError(f"invalid behaviour fields: {fields_}") from exc
         new.validate()
         return new
+
+
+_BEHAVIOUR: TypeAdapter[Behaviour] = TypeAdapter(Behaviour)
 
 
 @dataclass(slots=True)

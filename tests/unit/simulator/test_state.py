@@ -73,6 +73,10 @@ def test_behaviour_validation(sim: Simulator) -> None:
     with pytest.raises(SimulatorError):
         sim.connect(behaviour={"truncate_mode": "sometimes"})
     assert Behaviour().updated({"scale": 3}).scale == 3
+    for wrong in ({"scale": "many"}, {"export_delay_seconds": "soon"}, {"slow": "maybe"}):
+        with pytest.raises(SimulatorError):
+            Behaviour().updated(wrong)
+    assert Behaviour().updated({"scale": "3", "slow": "true"}) == Behaviour(scale=3, slow=True)
 
 
 def test_duplicates_are_separate_deliveries_of_one_event(sim: Simulator) -> None:
