@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
 import typer
 
 from ehi_bridge.auth.cli import app as auth_app
@@ -33,6 +39,15 @@ def db_upgrade() -> None:
     typer.echo("database is at the latest schema")
 
 
+def _exit_now(code: int = 0) -> NoReturn:
+    """Leave without joining DBOS's worker threads: a workflow in a durable sleep (an export
+    waiting for its deadline) would hold the process for up to an hour. Everything is
+    committed; DBOS resumes those workflows on the next start."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _settings() -> Settings:
     from ehi_bridge.logging import configure_logging
 
@@ -57,18 +72,21 @@ def serve(
 
     settings = _settings()
     ensure_schema(settings.resolved_database_url)
-    uvicorn.run(
-        Service(settings, background=background),
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        access_log=False,
-        proxy_headers=False,
-        log_config=None,
-        timeout_graceful_shutdown=10,
-    )
+    # uvicorn re-raises Ctrl-C after its graceful shutdown.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.run(
+            Service(settings, background=background),
+            host=host,
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            proxy_headers=False,
+            log_config=None,
+            timeout_graceful_shutdown=10,
+        )
+    _exit_now(0)
 
 
 @app.command()
@@ -95,6 +113,7 @@ def worker() -> None:
     finally:
         runtime.stop()
         db.dispose()
+    _exit_now(0)
 
 
 @app.command()
@@ -121,3 +140,22 @@ def stats(json_output: bool = typer.Option(False, "--json", help="Print JSON."))
     for key, value in data.items():
         table.add_row(key, str(value))
     Console().print(table)
+
+
+@app.command()
+def demo(
+    port: int = typer.Option(8000, help="Port of the service."),
+    data_dir: Path = typer.Option(Path("./data/demo"), help="Where the demo's SQLite lives."),
+    patients: int = typer.Option(3, min=1, max=10, help="Simulated patients to connect."),
+    exit_when_done: bool = typer.Option(False, help="Stop once the records have landed."),
+) -> None:
+    """Run ehi-bridge and the Fasten simulator with sample patients (SQLite, nothing to set up)."""
+    from ehi_bridge.demo import run_demo
+    from ehi_bridge.logging import configure_logging
+
+    configure_logging("WARNING")
+    try:
+        code = run_demo(port, data_dir, patients, exit_when_done)
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
+        code = 0
+    _exit_now(code)
