@@ -8,7 +8,6 @@ patient records (resources, their export, an event's body) write an audit row fi
 from __future__ import annotations
 
 import contextlib
-import importlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -43,6 +42,7 @@ from ehi_bridge.auth.connect_links import read_connect_token
 from ehi_bridge.auth.dependencies import ApiActor, OptionalApiActor, require_api_token, unauthorized
 from ehi_bridge.auth.service import Actor, record_audit
 from ehi_bridge.config import Mode
+from ehi_bridge.connections import service as connections_service
 from ehi_bridge.db.engine import Database
 from ehi_bridge.deps import CtxDep, DatabaseDep, ReadSession
 from ehi_bridge.records import repository as records
@@ -541,17 +541,6 @@ def get_resource(
 # --- connect page ---------------------------------------------------------------------------
 
 
-def _record_widget_complete() -> Any:
-    """``connections.service.record_widget_complete`` (provided by the connections feature)."""
-    try:
-        module = importlib.import_module("ehi_bridge.connections.service")
-        return module.record_widget_complete
-    except (ImportError, AttributeError):
-        raise HTTPException(
-            status.HTTP_501_NOT_IMPLEMENTED, detail="recording connections is not available"
-        ) from None
-
-
 @connect_router.post(
     "/connect/complete",
     response_model=ConnectionOut,
@@ -584,10 +573,9 @@ def connect_complete(
     data = body.model_dump(exclude={"connect_token", "api_mode"})
     data["external_id"] = external_id
     mode: Mode = body.api_mode or ctx.settings.connect_mode
-    record_widget_complete = _record_widget_complete()
     try:
         with ctx.db.session() as session:
-            connection = record_widget_complete(session, data, mode)
+            connection = connections_service.record_widget_complete(session, data, mode)
             out = ConnectionOut.model_validate(connection)
             record_audit(
                 session, str(actor), "connect.complete", "connection", out.id, request.url.path

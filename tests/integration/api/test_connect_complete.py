@@ -86,3 +86,19 @@ def test_api_token_records_the_connection(client: TestClient, db: Database, auth
     assert response.status_code == 200, response.text
     assert response.json()["external_id"] == "patient-9"
     assert response.json()["api_mode"] == "live"
+
+
+def test_connection_of_another_patient_is_409(
+    client: TestClient, db: Database, settings: Settings
+) -> None:
+    first = make_connect_token(settings, "patient-1", ttl=600)
+    second = make_connect_token(settings, "patient-2", ttl=600)
+    ok = client.post("/api/connect/complete", json=WIDGET, headers={"X-Connect-Token": first})
+    assert ok.status_code == 200
+    again = client.post("/api/connect/complete", json=WIDGET, headers={"X-Connect-Token": first})
+    assert again.status_code == 200 and again.json()["id"] == ok.json()["id"]
+    taken = client.post("/api/connect/complete", json=WIDGET, headers={"X-Connect-Token": second})
+    assert taken.status_code == 409
+    with db.read_session() as session:
+        stored = session.scalars(select(Connection)).one()
+        assert stored.external_id == "patient-1"
