@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import structlog
@@ -48,6 +49,10 @@ class Service:
         self.writer.start()
         if self.runtime is not None:
             self.runtime.start()
+        # Everything built so far lives for the whole process: keep it out of the cyclic
+        # collector's scans, which otherwise dominate p99 latency.
+        gc.collect()
+        gc.freeze()
 
     def stop(self) -> None:
         self.writer.stop()
