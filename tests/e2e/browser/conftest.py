@@ -36,7 +36,7 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """One Chromium for the session; missing Chromium skips, or fails under CI=true."""
     if not (Path(CHROMIUM).exists() or shutil.which("chromium")):
