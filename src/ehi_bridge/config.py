@@ -48,6 +48,8 @@ class Settings(BaseSettings):
 
     webhook_max_body_bytes: int = 1024 * 1024
     webhook_tolerance_seconds: int = 300
+    signature_failure_alert_threshold: int = 20
+    signature_failure_alert_window_seconds: float = 60.0
     event_max_attempts: int = 5
     event_retry_interval_seconds: float = 1.0
 

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from typing import Any
 
 import structlog
 
 from ehi_bridge.app import create_api
 from ehi_bridge.config import Settings
 from ehi_bridge.db.engine import Database
+from ehi_bridge.ops.observe import WebhookObserver
 from ehi_bridge.runtime import Runtime
 from ehi_bridge.webhooks.endpoints import PATH_PREFIX, Receive, Scope, Send, WebhookReceiver
 from ehi_bridge.webhooks.inbox import InboxWriter
 
 log = structlog.get_logger(__name__)
-
-
-def _observer() -> Any:
-    from ehi_bridge.ops import observe
-
-    return observe.webhook_outcome
 
 
 class Service:
@@ -32,7 +26,9 @@ class Service:
         self.db = Database(settings.resolved_database_url)
         self.runtime = Runtime(settings, self.db) if background else None
         self.writer = InboxWriter(self.db, on_commit=self.runtime.wake if self.runtime else None)
-        self.receiver = WebhookReceiver(settings, self.writer, observer=_observer())
+        self.receiver = WebhookReceiver(
+            settings, self.writer, observer=WebhookObserver(settings, self.db)
+        )
         self.api = create_api(settings, self.db)
         if self.runtime is not None:
             self.api.state.ctx.extras["runtime_heartbeat"] = self.runtime.seconds_since_heartbeat

@@ -282,3 +282,35 @@ def test_sigkill_during_download_and_ingest_then_exact_counts(live_stack: LiveSt
             select(func.count()).where(Resource.connection_id == export.connection_id)
         )
     assert stored == sim_export.file.stats.total_resources
+
+
+def test_file_past_its_24_hours_expires_alerts_and_is_requested_again(
+    live_stack: LiveStack,
+) -> None:
+    stack = live_stack
+    sim = stack.sim.sim
+    conn = sim.connect(behaviour={"export_delay_seconds": 60})
+    # The success webhook is held back until the file's 24-hour life is over.
+    wait_for(finished(stack, conn.org_connection_id, ("pending",)), what="export requested")
+    sim.hold_webhooks()
+    sim.advance_clock(61)
+    wait_for(lambda: any(e.status == "success" for e in sim.list_exports()), what="file ready")
+    sim.advance_clock(25 * 3600)
+    sim.set_behaviour(conn.org_connection_id, export_delay_seconds=1.0)  # the next export
+    sim.release_webhooks(order="fifo")
+    wait_for(lambda: _alert(stack, "export_expired"), what="expired alert")
+    with stack.db.read_session() as session:
+        statuses = [
+            e.status
+            for e in session.scalars(
+                select(Export)
+                .join(Connection, Connection.id == Export.connection_id)
+                .where(Connection.org_connection_id == conn.org_connection_id)
+                .order_by(Export.id)
+            )
+        ]
+    assert statuses[0] == "expired"
+    # ... and a fresh export was requested, whose file lands.
+    export = wait_for(finished(stack, conn.org_connection_id, ("complete",)), what="new export")
+    assert export.trigger == "expired"
+    assert export.ingested_total == export.stats_total

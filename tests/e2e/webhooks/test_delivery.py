@@ -265,3 +265,28 @@ def test_two_serve_processes_on_one_postgres_apply_each_event_once(
         assert {r.apply_count for r in rows} == {1}
         assert {r.delivery_count for r in rows} == {2}
         assert session.scalar(select(func.count()).select_from(Connection)) == 100
+
+
+def test_a_spike_of_signature_failures_raises_one_alert(
+    service_env: dict[str, str], start_service: ServerFactory, db: Database
+) -> None:
+    from ehi_bridge.alerts.models import Alert
+
+    env = {**service_env, "EHI_SIGNATURE_FAILURE_ALERT_THRESHOLD": "5"}
+    with start_service(env) as (_proc, base), httpx.Client(base_url=base) as client:
+        for _ in range(12):
+            body, headers = _forged()
+            assert (
+                client.post("/webhooks/fasten/test", content=body, headers=headers).status_code
+                == 401
+            )
+
+        def alerts() -> list[Alert]:
+            with db.read_session() as session:
+                return list(session.scalars(select(Alert)))
+
+        wait_until(lambda: len(alerts()) == 1, timeout=30)
+        (alert,) = alerts()
+    assert alert.kind == "signature_failures_spike"
+    assert alert.context.get("mode") == "test"
+    assert _count(db) == 0
