@@ -134,7 +134,7 @@ def run_wrk(
 
 
 def bench_backend(
-    backend: str, seconds: int, work: Path
+    backend: str, seconds: int, work: Path, workers: int
 ) -> list[tuple[str, int, dict[str, float]]]:
     rows = []
     for connections in (8, 32):
@@ -156,7 +156,17 @@ def bench_backend(
         requests = work / f"requests-{connections}.tsv"
         write_requests(requests, 16_000 * seconds)
         server = subprocess.Popen(
-            [sys.executable, "-m", "ehi_bridge", "serve", "--no-background", "--port", str(port)],
+            [
+                sys.executable,
+                "-m",
+                "ehi_bridge",
+                "serve",
+                "--no-background",
+                "--workers",
+                str(workers),
+                "--port",
+                str(port),
+            ],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -177,6 +187,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=1, help="web processes (serve --workers)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is required: apt-get install wrk")
@@ -184,7 +195,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="ehi-bench-") as tmp:
         for backend in backends:
-            rows += bench_backend(backend, args.seconds, Path(tmp))
+            rows += bench_backend(backend, args.seconds, Path(tmp), args.workers)
+    print(f"web processes: {args.workers}")
     print(f"{'backend':<10}{'conns':>6}{'deliveries/s':>14}{'p50 ms':>9}{'p99 ms':>9}")
     for backend, connections, result in rows:
         print(

@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 
@@ -63,6 +63,9 @@ def serve(
     background: bool = typer.Option(
         True, help="Also run background processing (off: run `ehi-bridge worker` beside it)."
     ),
+    workers: int = typer.Option(
+        1, min=1, help="Web processes sharing the port (more than one needs --no-background)."
+    ),
 ) -> None:
     """Run the web service (webhooks, API, dashboard) and background processing."""
     import uvicorn
@@ -70,12 +73,21 @@ def serve(
     from ehi_bridge.db.migrate import ensure_schema
     from ehi_bridge.server import Service
 
+    if workers > 1 and background:
+        raise typer.BadParameter("--workers > 1 needs --no-background and an `ehi-bridge worker`")
     settings = _settings()
     ensure_schema(settings.resolved_database_url)
+    app_target: Any = (
+        "ehi_bridge.server:web_only_app"
+        if workers > 1
+        else Service(settings, background=background)
+    )
     # uvicorn re-raises Ctrl-C after its graceful shutdown.
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.run(
-            Service(settings, background=background),
+            app_target,
+            factory=workers > 1,
+            workers=workers,
             host=host,
             port=port,
             loop="uvloop",
@@ -83,6 +95,7 @@ def serve(
             lifespan="on",
             access_log=False,
             proxy_headers=False,
+            server_header=False,
             log_config=None,
             timeout_graceful_shutdown=10,
         )

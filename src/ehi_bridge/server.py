@@ -71,3 +71,12 @@ class Service:
                 await asyncio.to_thread(self.stop)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def web_only_app() -> Service:
+    """Factory for ``serve --workers N --no-background``: one web process of several."""
+    from ehi_bridge.logging import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    return Service(settings, background=False)

@@ -49,7 +49,8 @@ def build_verifiers(settings: Settings) -> dict[str, Verifier | None]:
 
 
 async def _respond(send: Send, status: int, payload: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": _JSON_HEADERS})
+    headers = [*_JSON_HEADERS, (b"content-length", b"%d" % len(payload))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 
 
