@@ -39,15 +39,34 @@ def ensure_manual_connection(
     existing = find(session, id_or_org_connection_id)
     if existing is not None:
         return existing
-    now = utcnow()
-    connection = Connection(
-        id=new_connection_id(),
-        org_connection_id=id_or_org_connection_id,
-        external_id=external_id,
+    return create(
+        session,
+        id_or_org_connection_id,
         api_mode="manual",
         source="manual",
         status="manual",
-        status_changed_at=now,
+        external_id=external_id,
+    )
+
+
+def create(
+    session: Session,
+    org_connection_id: str,
+    *,
+    api_mode: str,
+    status: str,
+    source: str = "fasten",
+    external_id: str | None = None,
+) -> Connection:
+    now = utcnow()
+    connection = Connection(
+        id=new_connection_id(),
+        org_connection_id=org_connection_id,
+        external_id=external_id,
+        api_mode=api_mode,
+        source=source,
+        status=status,
+        status_changed_at=now if status == "manual" else None,
         created_at=now,
         updated_at=now,
     )

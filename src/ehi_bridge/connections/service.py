@@ -26,19 +26,14 @@ def record_widget_complete(session: Session, data: dict[str, Any], api_mode: str
         raise ValueError("org_connection_id is required")
     external_id = data.get("external_id")
     connection = repository.by_org_connection_id(session, org_connection_id)
-    now = utcnow()
     if connection is None:
-        connection = Connection(
-            id=repository.new_connection_id(),
-            org_connection_id=org_connection_id,
-            external_id=external_id,
+        connection = repository.create(
+            session,
+            org_connection_id,
             api_mode=api_mode,
-            source="fasten",
             status=ConnectionStatus.PENDING,
-            created_at=now,
-            updated_at=now,
+            external_id=external_id,
         )
-        session.add(connection)
     elif external_id and connection.external_id and connection.external_id != external_id:
         raise ValueError("this connection belongs to another user")
     elif connection.api_mode != api_mode:
@@ -49,6 +44,6 @@ def record_widget_complete(session: Session, data: dict[str, Any], api_mode: str
         value = data.get(name)
         if isinstance(value, str) and value and not getattr(connection, name):
             setattr(connection, name, value)
-    connection.updated_at = now
+    connection.updated_at = utcnow()
     session.flush()
     return connection

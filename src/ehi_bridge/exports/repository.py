@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from ehi_bridge.db.base import utcnow
 from ehi_bridge.exports.models import Export
-from ehi_bridge.exports.state import ExportStatus
+from ehi_bridge.exports.state import ExportStatus, transition
 
 
 def get(session: Session, export_id: int, *, for_update: bool = False) -> Export | None:
@@ -46,6 +46,16 @@ def for_connection(session: Session, connection_id: str) -> Sequence[Export]:
     return session.scalars(
         select(Export).where(Export.connection_id == connection_id).order_by(Export.id.desc())
     ).all()
+
+
+def move(export: Export, event: str) -> bool:
+    """Apply ``event`` through the state machine; False when it does not apply."""
+    target = transition(export.status, event)
+    if target is None:
+        return False
+    export.status = target
+    export.updated_at = utcnow()
+    return True
 
 
 def create(

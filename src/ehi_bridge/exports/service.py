@@ -22,7 +22,7 @@ from ehi_bridge.db.base import utcnow
 from ehi_bridge.db.engine import Database
 from ehi_bridge.exports import repository as exports_repo
 from ehi_bridge.exports.models import Export
-from ehi_bridge.exports.state import ExportEvent, ExportStatus, transition
+from ehi_bridge.exports.state import ExportEvent, ExportStatus
 from ehi_bridge.webhooks import schemas
 from ehi_bridge.webhooks.models import InboxEvent
 from ehi_bridge.webhooks.service import AlertRequest
@@ -32,15 +32,6 @@ log = structlog.get_logger(__name__)
 
 class ExportNotAllowed(Exception):
     """The export cannot be requested or retried in the current state (answered 409)."""
-
-
-def _move(export: Export, event: str) -> bool:
-    target = transition(export.status, event)
-    if target is None:
-        return False
-    export.status = target
-    export.updated_at = utcnow()
-    return True
 
 
 def downloads_dir(settings: Settings) -> Path:
@@ -119,7 +110,7 @@ def record_task(db: Database, settings: Settings, target: RequestTarget, task_id
             export.deadline_at = export.deadline_at or deadline
             if export.task_id is None:
                 export.task_id = task_id
-            _move(export, ExportEvent.TASK_CREATED)
+            exports_repo.move(export, ExportEvent.TASK_CREATED)
             deadline = export.deadline_at
     except IntegrityError:
         # A success webhook got here first and created an export row for this task.
@@ -135,7 +126,7 @@ def record_task(db: Database, settings: Settings, target: RequestTarget, task_id
 def request_failed(db: Database, export_id: int, reason: str) -> AlertRequest | None:
     with db.session() as session:
         export = exports_repo.get(session, export_id, for_update=True)
-        if export is None or not _move(export, ExportEvent.FAILED):
+        if export is None or not exports_repo.move(export, ExportEvent.FAILED):
             return None
         export.failure_reason = "request_failed"
         export.last_error = reason[:500]
@@ -167,7 +158,7 @@ def deadline_passed(db: Database, export_id: int, remote_status: str | None) -> 
         export = exports_repo.get(session, export_id, for_update=True)
         if export is None:
             return None
-        if remote_status == "failed" and _move(export, ExportEvent.FAILED):
+        if remote_status == "failed" and exports_repo.move(export, ExportEvent.FAILED):
             export.failure_reason = export.failure_reason or "suppressed_please_contact"
             return AlertRequest(
                 kind="export_failed",
@@ -175,7 +166,7 @@ def deadline_passed(db: Database, export_id: int, remote_status: str | None) -> 
                 message=f"Export {export.id} failed (found by status poll at the deadline)",
                 context={"export_id": export.id, "connection_id": export.connection_id},
             )
-        if not _move(export, ExportEvent.DEADLINE_PASSED):
+        if not exports_repo.move(export, ExportEvent.DEADLINE_PASSED):
             return None
         note = (
             "Fasten reports success but no webhook arrived"
@@ -234,7 +225,10 @@ def record_download(db: Database, export_id: int, size: int) -> bool:
         if export is None:
             return False
         export.bytes_downloaded = size
-        return _move(export, ExportEvent.DOWNLOADED) or export.status == ExportStatus.INGESTING
+        return (
+            exports_repo.move(export, ExportEvent.DOWNLOADED)
+            or export.status == ExportStatus.INGESTING
+        )
 
 
 def record_download_attempt(db: Database, export_id: int, error: str) -> None:
@@ -248,7 +242,7 @@ def record_download_attempt(db: Database, export_id: int, error: str) -> None:
 def file_gone(db: Database, export_id: int) -> AlertRequest | None:
     with db.session() as session:
         export = exports_repo.get(session, export_id, for_update=True)
-        if export is None or not _move(export, ExportEvent.FILE_GONE):
+        if export is None or not exports_repo.move(export, ExportEvent.FILE_GONE):
             return None
         return AlertRequest(
             kind="export_expired",
@@ -261,7 +255,7 @@ def file_gone(db: Database, export_id: int) -> AlertRequest | None:
 def download_refused(db: Database, export_id: int, host: str) -> AlertRequest | None:
     with db.session() as session:
         export = exports_repo.get(session, export_id, for_update=True)
-        if export is None or not _move(export, ExportEvent.DOWNLOAD_REFUSED):
+        if export is None or not exports_repo.move(export, ExportEvent.DOWNLOAD_REFUSED):
             return None
         export.failure_reason = "download_refused"
         return AlertRequest(
@@ -275,7 +269,7 @@ def download_refused(db: Database, export_id: int, host: str) -> AlertRequest | 
 def download_failed(db: Database, export_id: int, error: str) -> AlertRequest | None:
     with db.session() as session:
         export = exports_repo.get(session, export_id, for_update=True)
-        if export is None or not _move(export, ExportEvent.DOWNLOAD_REFUSED):
+        if export is None or not exports_repo.move(export, ExportEvent.DOWNLOAD_REFUSED):
             return None
         export.failure_reason = "download_failed"
         export.last_error = error[:500]
@@ -304,7 +298,7 @@ def record_ingest(
         export = exports_repo.get(session, export_id, for_update=True)
         if export is None:
             return None
-        moved = _move(
+        moved = exports_repo.move(
             export, ExportEvent.INGESTED_COMPLETE if complete else ExportEvent.INGESTED_PARTIAL
         )
         if not moved:

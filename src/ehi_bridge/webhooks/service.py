@@ -34,7 +34,7 @@ from ehi_bridge.db.base import utcnow
 from ehi_bridge.db.engine import Database
 from ehi_bridge.exports import repository as exports_repo
 from ehi_bridge.exports.models import Export
-from ehi_bridge.exports.state import ExportEvent, ExportStatus, transition
+from ehi_bridge.exports.state import ExportEvent, ExportStatus
 from ehi_bridge.records import repository as records_repo
 from ehi_bridge.webhooks import repository as inbox_repo
 from ehi_bridge.webhooks import schemas
@@ -124,19 +124,9 @@ def _connection_for(
         return None  # TEFCA payloads may omit ids: the event is kept, nothing to link
     connection = connections_repo.by_org_connection_id(session, org_connection_id)
     if connection is None:
-        now = utcnow()
-        connection = Connection(
-            id=connections_repo.new_connection_id(),
-            org_connection_id=org_connection_id,
-            api_mode=api_mode,
-            source="fasten",
-            status=ConnectionStatus.PENDING,
-            status_changed_at=None,
-            created_at=now,
-            updated_at=now,
+        connection = connections_repo.create(
+            session, org_connection_id, api_mode=api_mode, status=ConnectionStatus.PENDING
         )
-        session.add(connection)
-        session.flush()
     return connection
 
 
@@ -229,15 +219,6 @@ def _export_for_task(session: Session, connection: Connection, task_id: str | No
     )
 
 
-def _move(export: Export, event: str) -> bool:
-    target = transition(export.status, event)
-    if target is None:
-        return False
-    export.status = target
-    export.updated_at = utcnow()
-    return True
-
-
 def _export_success(
     session: Session,
     settings: Settings,
@@ -254,9 +235,9 @@ def _export_success(
     _fill(connection, {"org_id": event.org_id})
     export = _export_for_task(session, connection, event.task_id)
     if connection.status == ConnectionStatus.REVOKED:
-        _move(export, ExportEvent.REVOKED)
+        exports_repo.move(export, ExportEvent.REVOKED)
         return
-    if not _move(export, ExportEvent.SUCCEEDED):
+    if not exports_repo.move(export, ExportEvent.SUCCEEDED):
         return  # a repeat: this file is already being (or was) processed
     export.success_event_id = inbox.event_id
     export.succeeded_at = at
@@ -281,7 +262,7 @@ def _export_failed(
         return
     _apply_transition(connection, on_export_activity(_state(connection), at))
     export = _export_for_task(session, connection, event.task_id)
-    if not _move(export, ExportEvent.FAILED):
+    if not exports_repo.move(export, ExportEvent.FAILED):
         return
     export.failure_reason = event.failure_reason
     follow.alerts.append(
@@ -324,7 +305,7 @@ def _authorization_revoked(
     if not result.cancel_exports:
         return
     for export in exports_repo.active_for_connection(session, connection.id):
-        if _move(export, ExportEvent.REVOKED):
+        if exports_repo.move(export, ExportEvent.REVOKED):
             follow.cancelled_exports.append(export.id)
     if settings.revoked_records == "purge":
         records_repo.purge_connection(session, connection.id)
