@@ -5,7 +5,7 @@ UV := $(VENV)/bin/uv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.synced
 
-.PHONY: help demo test lint typecheck check bench migration clean
+.PHONY: help demo test lint typecheck migration clean
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
