@@ -23,8 +23,8 @@ from ehi_bridge.db.engine import Database
 from ehi_bridge.exports import repository as exports_repo
 from ehi_bridge.exports.models import Export
 from ehi_bridge.exports.state import ExportEvent, ExportStatus
+from ehi_bridge.webhooks import repository as inbox_repo
 from ehi_bridge.webhooks import schemas
-from ehi_bridge.webhooks.models import InboxEvent
 from ehi_bridge.webhooks.service import AlertRequest
 
 log = structlog.get_logger(__name__)
@@ -202,11 +202,7 @@ def download_target(db: Database, export_id: int) -> DownloadTarget | None:
             return None
         if export.success_event_id is None:
             return None
-        from sqlalchemy import select
-
-        body = session.scalar(
-            select(InboxEvent.body).where(InboxEvent.event_id == export.success_event_id)
-        )
+        body = inbox_repo.body_of(session, export.success_event_id)
         connection = connections_repo.get(session, export.connection_id)
         if body is None or connection is None:
             return None

@@ -50,9 +50,8 @@ def _alert_step(kind: str, dedup_key: str, message: str, context: dict[str, Any]
 
 @DBOS.step()
 def _cancel_step(export_id: int) -> None:
-    for prefix in ("export-",):
-        with contextlib.suppress(Exception):
-            DBOS.cancel_workflow(f"{prefix}{export_id}")
+    with contextlib.suppress(Exception):
+        DBOS.cancel_workflow(f"export-{export_id}")
     with contextlib.suppress(Exception):
         for status in DBOS.list_workflows(workflow_id_prefix=f"ingest-{export_id}-"):
             DBOS.cancel_workflow(status.workflow_id)
@@ -258,6 +257,11 @@ def _notify_step(export_id: int) -> None:
         notify_records_ingested(rt.db, rt.settings, export_id)
 
 
+@DBOS.step()
+def _is_ingesting_step(export_id: int) -> bool:
+    return service.ingest_inputs(runtime.current().db, export_id) is not None
+
+
 @DBOS.workflow()
 def ingest_export_workflow(export_id: int) -> str:
     for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
@@ -271,7 +275,7 @@ def ingest_export_workflow(export_id: int) -> str:
                 start_export(new_export)
             return "expired"
         if outcome in ("skip", "refused"):
-            if outcome == "skip" and service_status_is_ingesting(export_id):
+            if outcome == "skip" and _is_ingesting_step(export_id):
                 break  # the download finished before a crash; ingest what is on disk
             return str(outcome)
         if attempt == DOWNLOAD_ATTEMPTS:
@@ -282,8 +286,3 @@ def ingest_export_workflow(export_id: int) -> str:
     if outcome != "skip":
         _notify_step(export_id)
     return outcome
-
-
-@DBOS.step()
-def service_status_is_ingesting(export_id: int) -> bool:
-    return service.ingest_inputs(runtime.current().db, export_id) is not None

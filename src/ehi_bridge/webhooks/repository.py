@@ -66,3 +66,8 @@ def oldest_unprocessed_received_at(session: Session) -> datetime | None:
             InboxEvent.status.in_((InboxStatus.RECEIVED, InboxStatus.QUEUED))
         )
     )
+
+
+def body_of(session: Session, event_id: str) -> bytes | None:
+    """The raw body of the event with this envelope id."""
+    return session.scalar(select(InboxEvent.body).where(InboxEvent.event_id == event_id))

@@ -118,7 +118,7 @@ def apply_event(db: Database, settings: Settings, inbox_id: int) -> FollowUps:
 
 
 def _connection_for(
-    session: Session, org_connection_id: str | None, api_mode: str, at: datetime
+    session: Session, org_connection_id: str | None, api_mode: str
 ) -> Connection | None:
     if not org_connection_id:
         return None  # TEFCA payloads may omit ids: the event is kept, nothing to link
@@ -162,7 +162,7 @@ def _connection_success(
     follow: FollowUps,
 ) -> None:
     event: schemas.ConnectionSuccess = data
-    connection = _connection_for(session, event.org_connection_id, inbox.api_mode, at)
+    connection = _connection_for(session, event.org_connection_id, inbox.api_mode)
     if connection is None:
         return
     _fill(
@@ -228,7 +228,7 @@ def _export_success(
     follow: FollowUps,
 ) -> None:
     event: schemas.ExportSuccess = data
-    connection = _connection_for(session, event.org_connection_id, inbox.api_mode, at)
+    connection = _connection_for(session, event.org_connection_id, inbox.api_mode)
     if connection is None:
         return
     _apply_transition(connection, on_export_activity(_state(connection), at))
@@ -257,7 +257,7 @@ def _export_failed(
     follow: FollowUps,
 ) -> None:
     event: schemas.ExportFailed = data
-    connection = _connection_for(session, event.org_connection_id, inbox.api_mode, at)
+    connection = _connection_for(session, event.org_connection_id, inbox.api_mode)
     if connection is None:
         return
     _apply_transition(connection, on_export_activity(_state(connection), at))
@@ -288,7 +288,7 @@ def _authorization_revoked(
     follow: FollowUps,
 ) -> None:
     event: schemas.AuthorizationRevoked = data
-    connection = _connection_for(session, event.org_connection_id, inbox.api_mode, at)
+    connection = _connection_for(session, event.org_connection_id, inbox.api_mode)
     if connection is None:
         return
     _fill(

@@ -6,6 +6,8 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -187,8 +189,7 @@ def test_failed_export_records_reason_and_alerts(live_stack: LiveStack) -> None:
     conn = stack.sim.sim.connect(behaviour={"fail_reason": "scope_patient_missing"})
     export = wait_for(finished(stack, conn.org_connection_id, ("failed",)))
     assert export.failure_reason == "scope_patient_missing"
-    with stack.db.read_session():
-        alert = wait_for(lambda: _alert(stack, "export_failed"), what="export_failed alert")
+    alert = wait_for(lambda: _alert(stack, "export_failed"), what="export_failed alert")
     assert "scope_patient_missing" in alert.message
 
 
@@ -246,6 +247,16 @@ def _now() -> Any:
     return utcnow()
 
 
+def _restart(stack: LiveStack, log_name: str) -> AbstractContextManager[Any]:
+    """``ehi-bridge serve`` again on the stack's port and settings."""
+    return running(
+        ehi_command("serve", "--port", stack.base_url.rsplit(":", 1)[1]),
+        stack.env,
+        ready_url=f"{stack.base_url}/healthz",
+        log_path=Path(stack.env["EHI_DATA_DIR"]) / log_name,
+    )
+
+
 def test_sigkill_during_download_and_ingest_then_exact_counts(live_stack: LiveStack) -> None:
     stack = live_stack
     # Large enough to be caught mid-flight: 20x one patient, throttled storage.
@@ -255,21 +266,11 @@ def test_sigkill_during_download_and_ingest_then_exact_counts(live_stack: LiveSt
     stack.proc.send_signal(signal.SIGKILL)
     stack.proc.wait()
     stack.sim.sim.set_behaviour(conn.org_connection_id, throttle_bytes_per_second=None)
-    with running(
-        ehi_command("serve", "--port", stack.base_url.rsplit(":", 1)[1]),
-        stack.env,
-        ready_url=f"{stack.base_url}/healthz",
-        log_path=__import__("pathlib").Path(stack.env["EHI_DATA_DIR"]) / "restart.log",
-    ) as proc:
+    with _restart(stack, "restart.log") as proc:
         wait_for(finished(stack, conn.org_connection_id, ("ingesting",)), what="ingest start")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    with running(
-        ehi_command("serve", "--port", stack.base_url.rsplit(":", 1)[1]),
-        stack.env,
-        ready_url=f"{stack.base_url}/healthz",
-        log_path=__import__("pathlib").Path(stack.env["EHI_DATA_DIR"]) / "restart2.log",
-    ):
+    with _restart(stack, "restart2.log"):
         export = wait_for(
             finished(stack, conn.org_connection_id, ("complete",)), timeout=240, what="complete"
         )
