@@ -26,9 +26,11 @@ def is_sqlite(url: str) -> bool:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    # New databases only (a no-op once tables exist): 16 KiB pages make bulk ingest of
-    # ~1-5 KB FHIR rows 2-3x faster than the 4 KiB default (see bench/ingest.py).
-    cursor.execute("PRAGMA page_size=16384")
+    # New databases only (a no-op once tables exist). 4 KiB pages: every commit writes each
+    # page it touched to the WAL, and an inbox commit touches one random page per delivery
+    # in the event-id index; 16 KiB pages cost webhook throughput 40 % and gained ingest
+    # only ~6 % (docs/benchmarks.md).
+    cursor.execute("PRAGMA page_size=4096")
     cursor.execute("PRAGMA journal_mode=WAL")
     # FULL: a commit is fsync'd before it returns, so a 2xx never outruns the disk.
     cursor.execute("PRAGMA synchronous=FULL")

@@ -69,7 +69,7 @@ _PG_TYPES: Final = [
 ]
 _STAGE_TABLE: Final = "ehi_ingest_stage"
 _LOOKUP_CHUNK: Final = 400  # keys per SELECT … IN (…): well under any bind-parameter limit
-SQLITE_INGEST_CHECKPOINT: Final = 4000  # pages (16 KiB each on new databases)
+SQLITE_INGEST_CHECKPOINT: Final = 16000  # pages: ~64 MiB of WAL at 4 KiB a page
 SQLITE_ROWS_PER_STATEMENT: Final = 64  # x 11 columns: well under SQLite's 32,766 variables
 
 
