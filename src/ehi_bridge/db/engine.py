@@ -83,15 +83,12 @@ class Database:
 
     def __init__(self, url: str, **engine_kwargs: Any) -> None:
         self.url = normalize_url(url)
+        self.is_sqlite = is_sqlite(self.url)
         self.engine = make_engine(self.url, **engine_kwargs)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.read_sessions = sessionmaker(
             self.engine.execution_options(read_only=True), expire_on_commit=False
         )
-
-    @property
-    def is_sqlite(self) -> bool:
-        return is_sqlite(self.url)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

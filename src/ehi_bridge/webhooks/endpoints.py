@@ -7,7 +7,6 @@ group-committed to the inbox (503 if that fails) → 200. Never 410, never a 500
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -150,7 +149,6 @@ class WebhookReceiver:
             event_type=envelope["type"],
             api_mode=mode,
             body=body,
-            received_at=datetime.now(UTC),
             org_connection_id=org_connection_id
             if isinstance(org_connection_id, str) and org_connection_id
             else None,
