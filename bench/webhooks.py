@@ -132,10 +132,10 @@ def run_wrk(
 
 
 def bench_backend(
-    backend: str, seconds: int, work: Path, workers: int
+    backend: str, seconds: int, work: Path, workers: int, connection_counts: list[int]
 ) -> list[tuple[str, int, dict[str, float]]]:
     rows = []
-    for connections in (8, 32):
+    for connections in connection_counts:
         pg_name = None
         if backend == "sqlite":
             url = f"sqlite:///{work / f'bench-{connections}.sqlite3'}"
@@ -188,6 +188,7 @@ def main() -> None:
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--workers", type=int, default=1, help="web processes (serve --workers)")
+    parser.add_argument("--connections", default="8,32", help="comma-separated wrk connections")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is required: apt-get install wrk")
@@ -195,7 +196,13 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="ehi-bench-") as tmp:
         for backend in backends:
-            rows += bench_backend(backend, args.seconds, Path(tmp), args.workers)
+            rows += bench_backend(
+                backend,
+                args.seconds,
+                Path(tmp),
+                args.workers,
+                [int(c) for c in args.connections.split(",")],
+            )
     print(f"web processes: {args.workers}")
     print(f"{'backend':<10}{'conns':>6}{'deliveries/s':>14}{'p50 ms':>9}{'p99 ms':>9}")
     for backend, connections, result in rows:
