@@ -381,6 +381,7 @@ def ingest_file(
                             if tx is not None:
                                 tx.commit()
                                 tx = None
+                                writer.committed()
                             report.bytes_read = bytes_read
                             if progress is not None:
                                 progress(bytes_read)

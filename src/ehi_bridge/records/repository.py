@@ -13,6 +13,7 @@ that never hold more than one chunk of rows.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -71,7 +72,8 @@ _PG_TYPES: Final = [
 ]
 _STAGE_TABLE: Final = "ehi_ingest_stage"
 _LOOKUP_CHUNK: Final = 400  # keys per SELECT … IN (…): well under any bind-parameter limit
-SQLITE_INGEST_CHECKPOINT: Final = 16000  # pages: ~64 MiB of WAL at 4 KiB a page
+SQLITE_INGEST_CHECKPOINT: Final = 65536  # pages: 256 MiB of WAL at 4 KiB a page
+SQLITE_INGEST_CACHE_KIB: Final = 16 * 1024  # page cache of the writing connection
 SQLITE_ROWS_PER_STATEMENT: Final = 64  # x 11 columns: well under SQLite's 32,766 variables
 
 
@@ -96,6 +98,7 @@ class ResourceWriter:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.dialect = conn.dialect.name
+        self._checkpointer: WalCheckpointer | None = None
         column_type = RESOURCES.c.ingested_at.type
         # The full bind chain (TypeDecorator + dialect impl), as SQLAlchemy itself stores it.
         processor = column_type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
@@ -153,7 +156,8 @@ class ResourceWriter:
         return str(stmt.compile(dialect=self.conn.dialect))
 
     def prepare(self) -> None:
-        """Per-connection set-up: the PostgreSQL staging table; SQLite's larger page cache."""
+        """Per-connection set-up: the PostgreSQL staging table; on SQLite a larger page
+        cache and WAL checkpoints on a background thread."""
         if self.dialect == "postgresql":
             self.conn.exec_driver_sql(
                 f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE_TABLE} ("
@@ -162,15 +166,32 @@ class ResourceWriter:
                 "last_updated varchar(64), patient_ref varchar(255), export_id bigint, "
                 "ingested_at timestamptz, revoked boolean) ON COMMIT DELETE ROWS"
             )
+            return
+        # With 4 KiB pages the default 2 MiB cache keeps too few index pages: they are
+        # re-read from the WAL for every batch.
+        self.conn.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_INGEST_CACHE_KIB}")
+        database = self.conn.engine.url.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            # Checkpoints (WAL → database file: a read and a write of every page, and an
+            # fsync) run on their own connection and thread, beside the writing instead of
+            # inside its commits; this connection does not checkpoint meanwhile.
+            self.conn.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = WalCheckpointer(database)
         else:
-            # Checkpoint the WAL every ~64 MiB instead of every ~16 MiB: index pages that
-            # several batches rewrite reach the database file once. (A larger page cache
-            # measured no faster and costs RSS, so it stays at the default.)
             self.conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={SQLITE_INGEST_CHECKPOINT}")
+
+    def committed(self) -> None:
+        """Called after each committed batch: lets the WAL be checkpointed (SQLite)."""
+        if self._checkpointer is not None:
+            self._checkpointer.committed()
 
     def release(self) -> None:
         if self.dialect == "sqlite":
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
             self.conn.exec_driver_sql("PRAGMA wal_autocheckpoint=1000")  # SQLite's default
+            self.conn.exec_driver_sql("PRAGMA cache_size=-2000")  # SQLite's default
 
     def upsert(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Insert new keys; rewrite existing keys only where the content hash differs."""
@@ -286,6 +307,89 @@ class ResourceWriter:
             self.conn.execute(sqlite.insert(ERRORS).on_conflict_do_nothing(), rows)
         else:
             self.conn.execute(postgresql.insert(ERRORS).on_conflict_do_nothing(), rows)
+
+
+class WalCheckpointer:
+    """PASSIVE checkpoints of one SQLite database on a thread of their own.
+
+    After each commit of the ingest, the thread copies the WAL's committed frames into the
+    database file (its own connection; ``sqlite3`` releases the GIL while it runs), so the
+    checkpoint overlaps the next batch. A WAL being appended to while it is checkpointed
+    never restarts from its beginning, so once it holds more than
+    :data:`SQLITE_INGEST_CHECKPOINT` frames the writer waits for the thread, checkpoints
+    the rest itself (about one batch) and its next transaction starts the WAL afresh
+    (unless a reader still uses it, as with SQLite's own auto-checkpoint). Durability is
+    the writer's: every commit is fsync'd before it returns (``synchronous=FULL``).
+    """
+
+    def __init__(self, database: str, limit_frames: int = SQLITE_INGEST_CHECKPOINT) -> None:
+        self._db = sqlite3.connect(
+            database, check_same_thread=False, isolation_level=None, timeout=30
+        )
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._limit = limit_frames
+        self._cond = threading.Condition()
+        self._wanted = False
+        self._busy = False
+        self._closed = False
+        self._wal_frames = 0
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ingest-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._wanted and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                self._wanted = False
+                self._busy = True
+            try:
+                row = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                frames = int(row[1]) if row is not None else 0
+            except BaseException as exc:  # re-raised on the writer's thread
+                with self._cond:
+                    self._failure = exc
+                    self._busy = False
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._wal_frames = frames
+                self._busy = False
+                self._cond.notify_all()
+
+    def _idle(self) -> None:
+        with self._cond:
+            while self._busy or self._wanted:
+                if self._failure is not None:
+                    break
+                self._cond.wait()
+            if self._failure is not None:
+                raise self._failure
+
+    def committed(self) -> None:
+        with self._cond:
+            if self._failure is not None:
+                raise self._failure
+            frames = self._wal_frames
+        if frames > self._limit:
+            self._idle()  # the thread's connection is free: use it here
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            with self._cond:
+                self._wal_frames = 0
+            return
+        with self._cond:
+            self._wanted = True
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+        self._db.close()
 
 
 class RunJournal:
