@@ -18,8 +18,10 @@ import contextlib
 import fcntl
 import marshal
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -42,6 +44,7 @@ BATCH_BYTES: Final = 8 * 1024 * 1024  # or resource bytes per transaction
 CHUNK_ROWS: Final = 500  # rows per hand-over from the parser process
 CHUNK_BYTES: Final = 512 * 1024  # or resource bytes per hand-over
 PIPE_BYTES: Final = 1024 * 1024
+PREFETCH_FRAMES: Final = 2  # decoded chunks waiting for the writer
 
 
 _malloc_tuned = False
@@ -175,6 +178,10 @@ class _ParserProcess:
         # Linux: room for a whole chunk, so the child rarely waits on us.
         with contextlib.suppress(OSError, AttributeError):
             fcntl.fcntl(self._out.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        self._frames: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH_FRAMES)
+        self._stopping = threading.Event()
+        self._reader = threading.Thread(target=self._read_frames, name="ingest-frames", daemon=True)
+        self._reader.start()
 
     @property
     def pid(self) -> int:
@@ -187,19 +194,45 @@ class _ParserProcess:
             raise ParserProcessError(f"ingest parser process ended early (exit status {code})")
         return data
 
+    def _read_frames(self) -> None:
+        """Reader thread: frames decoded ahead of the writer (while it waits on SQLite or
+        an fsync), at most ``PREFETCH_FRAMES`` of them."""
+        try:
+            while True:
+                (size,) = FRAME_HEADER.unpack(self._read(FRAME_HEADER.size))
+                # Our own child's output; marshal builds data objects only (no code runs).
+                frame = marshal.loads(self._read(size))  # noqa: S302
+                if not isinstance(frame, tuple) or not frame:  # pragma: no cover - protocol
+                    raise ParserProcessError("unexpected frame from the ingest parser process")
+                if not self._put(frame) or frame[0] in ("d", "x"):
+                    return
+        except BaseException as exc:  # handed to the writer, which re-raises it
+            self._put(exc)
+
+    def _put(self, item: Any) -> bool:
+        while not self._stopping.is_set():
+            try:
+                self._frames.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def frames(self) -> Iterator[tuple[Any, ...]]:
         while True:
-            (size,) = FRAME_HEADER.unpack(self._read(FRAME_HEADER.size))
-            # Our own child's output; marshal builds data objects only (no code runs).
-            frame = marshal.loads(self._read(size))  # noqa: S302
-            if not isinstance(frame, tuple) or not frame:  # pragma: no cover - protocol
-                raise ParserProcessError("unexpected frame from the ingest parser process")
-            yield frame
+            item = self._frames.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if item[0] in ("d", "x"):
+                return
 
     def close(self) -> None:
+        self._stopping.set()
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait()
+        self._reader.join()
         self._out.close()
 
 

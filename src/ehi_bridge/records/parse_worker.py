@@ -30,7 +30,6 @@ import os
 import struct
 import sys
 from collections import Counter
-from pathlib import Path
 from typing import IO, Any, Final
 
 from ehi_bridge.records.ndjson import ParseError, iter_records
@@ -50,7 +49,7 @@ def write_frame(out: IO[bytes], payload: Any) -> None:
 
 
 def parse_file(
-    path: Path,
+    path: str,
     out: IO[bytes],
     *,
     batch_rows: int,
@@ -67,7 +66,7 @@ def parse_file(
     error_count = 0
     samples: list[tuple[int, str]] = []
     try:
-        with path.open("rb", buffering=READ_BUFFER) as stream:
+        with open(path, "rb", buffering=READ_BUFFER) as stream:
             pending: list[Any] = []  # ParsedResource
             errors: list[tuple[int, str]] = []
             chunk_size = 0
@@ -145,7 +144,7 @@ def main(argv: list[str]) -> int:
     out = os.fdopen(sys.stdout.fileno(), "wb", buffering=64 * 1024, closefd=False)
     try:
         parse_file(
-            Path(path),
+            path,
             out,
             batch_rows=int(batch_rows),
             batch_bytes=int(batch_bytes),
