@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -44,7 +45,8 @@ BATCH_BYTES: Final = 8 * 1024 * 1024  # or resource bytes per transaction
 CHUNK_ROWS: Final = 500  # rows per hand-over from the parser process
 CHUNK_BYTES: Final = 512 * 1024  # or resource bytes per hand-over
 PIPE_BYTES: Final = 1024 * 1024
-PREFETCH_FRAMES: Final = 2  # decoded chunks waiting for the writer
+PREFETCH_FRAMES: Final = 3  # decoded chunks in this process: 2 waiting + 1 being written
+PREFETCH_BYTES: Final = 2 * 1024 * 1024  # or their frame bytes (one larger frame alone)
 
 
 _malloc_tuned = False
@@ -91,6 +93,7 @@ class IngestReport:
     error_samples: list[dict[str, Any]] = field(default_factory=list)  # line and reason only
     bytes_read: int = 0
     seconds: float = 0.0
+    parser_peak_rss_kib: int = 0  # high-water RSS of the parser process
 
     @property
     def complete(self) -> bool:
@@ -178,7 +181,9 @@ class _ParserProcess:
         # Linux: room for a whole chunk, so the child rarely waits on us.
         with contextlib.suppress(OSError, AttributeError):
             fcntl.fcntl(self._out.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-        self._frames: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH_FRAMES)
+        self._frames: queue.SimpleQueue[Any] = queue.SimpleQueue()  # bounded by _held
+        self._held: deque[int] = deque()  # sizes of the frames read and not yet written
+        self._cond = threading.Condition()
         self._stopping = threading.Event()
         self._reader = threading.Thread(target=self._read_frames, name="ingest-frames", daemon=True)
         self._reader.start()
@@ -195,35 +200,42 @@ class _ParserProcess:
         return data
 
     def _read_frames(self) -> None:
-        """Reader thread: frames decoded ahead of the writer (while it waits on SQLite or
-        an fsync), at most ``PREFETCH_FRAMES`` of them."""
+        """Reader thread: frames decoded ahead of the writer, while it waits on SQLite or an
+        fsync. Frames held here (queued or being written) stay within ``PREFETCH_FRAMES``
+        and ``PREFETCH_BYTES``; a larger frame is read only when nothing else is held, so a
+        100 MB line is in this process once (and waits in the pipe and the child meanwhile).
+        """
         try:
             while True:
                 (size,) = FRAME_HEADER.unpack(self._read(FRAME_HEADER.size))
+                with self._cond:
+                    while self._held and (
+                        len(self._held) >= PREFETCH_FRAMES
+                        or sum(self._held) + size > PREFETCH_BYTES
+                    ):
+                        if self._stopping.is_set():
+                            return
+                        self._cond.wait(0.1)
+                    self._held.append(size)
                 # Our own child's output; marshal builds data objects only (no code runs).
                 frame = marshal.loads(self._read(size))  # noqa: S302
                 if not isinstance(frame, tuple) or not frame:  # pragma: no cover - protocol
                     raise ParserProcessError("unexpected frame from the ingest parser process")
-                if not self._put(frame) or frame[0] in ("d", "x"):
+                self._frames.put(frame)
+                if frame[0] in ("d", "x"):
                     return
         except BaseException as exc:  # handed to the writer, which re-raises it
-            self._put(exc)
-
-    def _put(self, item: Any) -> bool:
-        while not self._stopping.is_set():
-            try:
-                self._frames.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+            self._frames.put(exc)
 
     def frames(self) -> Iterator[tuple[Any, ...]]:
         while True:
             item = self._frames.get()
             if isinstance(item, BaseException):
                 raise item
-            yield item
+            yield item  # the writer works on it until it asks for the next one
+            with self._cond:
+                self._held.popleft()
+                self._cond.notify_all()
             if item[0] in ("d", "x"):
                 return
 
@@ -419,7 +431,7 @@ def ingest_file(
                             if progress is not None:
                                 progress(bytes_read)
                     elif kind == "d":
-                        _, lines, error_count, samples, by_type, repeats_by_type = frame
+                        _, lines, error_count, samples, by_type, repeats_by_type, rss = frame
                         report.lines = lines
                         report.errors = error_count
                         report.error_samples = [
@@ -429,6 +441,7 @@ def ingest_file(
                         report.duplicates_by_type = repeats_by_type
                         report.resources = sum(by_type.values())
                         report.duplicates = sum(repeats_by_type.values())
+                        report.parser_peak_rss_kib = rss
                         break
                     elif kind == "x":
                         raise _parser_failure(path, *frame[1:])

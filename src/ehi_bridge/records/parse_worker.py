@@ -12,7 +12,8 @@ Protocol, on stdout: frames of an 8-byte little-endian length and a :mod:`marsha
   ``(resource_type, resource_id, raw, content_hash, last_updated, patient_ref, repeat)``
   in file order, ``repeat`` true when the key already occurred earlier in the file;
   ``errors`` are ``(line_number, reason)``. ``commit`` ends a batch (one transaction).
-- ``("d", lines, error_count, error_samples, by_type, repeats_by_type)``: end of file.
+- ``("d", lines, error_count, error_samples, by_type, repeats_by_type, peak_rss_kib)``:
+  end of file (``peak_rss_kib``: this process's own high-water RSS, 0 if unknown).
 - ``("x", kind, errno, strerror)``: parsing failed (``kind`` is the exception's class
   name; no message, which could quote content).
 
@@ -46,6 +47,19 @@ def write_frame(out: IO[bytes], payload: Any) -> None:
     out.write(FRAME_HEADER.pack(len(blob)))
     out.write(blob)
     out.flush()
+
+
+def peak_rss_kib() -> int:
+    """``VmHWM`` of this process (Linux). Not ``ru_maxrss``: that also counts the image of
+    the process that spawned us, from before the exec."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def parse_file(
@@ -131,6 +145,7 @@ def parse_file(
             samples,
             dict(sorted(by_type.items())),
             dict(sorted(repeats_by_type.items())),
+            peak_rss_kib(),
         ),
     )
 

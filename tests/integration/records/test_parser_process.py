@@ -63,6 +63,7 @@ def test_parsing_runs_in_another_process_that_is_reaped(
     assert report.complete and report.inserted == len(lines)
     assert len(parser_pids) == 1 and parser_pids[0] != os.getpid()
     assert _gone(parser_pids[0])
+    assert report.parser_peak_rss_kib > 0
 
 
 def test_the_parser_process_is_gone_after_an_ingest_that_raises(
