@@ -1,9 +1,12 @@
 """Ingest an export file into ``resources``: streamed, batched, idempotent, reconciled.
 
-One thread reads and parses the file (:mod:`ehi_bridge.records.ndjson`) and hands batches
-through a small bounded queue to the calling thread, which writes them: one transaction
-per batch, so a crash loses at most the batch in flight and a re-run (upserts keyed by
-``(connection_id, resource_type, resource_id)``) ends with exactly one row per key.
+A child process (:mod:`ehi_bridge.records.parse_worker`, a fresh interpreter) reads and
+parses the file and sends chunks of parsed records through a pipe; a thread here decodes
+them a little ahead, and the calling thread writes them: one transaction per batch, so a
+crash loses at most the batch in flight and a re-run (upserts keyed by
+``(connection_id, resource_type, resource_id)``) ends with exactly one row per key. The
+pipe and a bounded hand-over keep memory bounded; the child is killed and reaped when the
+ingest ends for any reason.
 
 Counts are judged against what was stored before the run: ``inserted`` (new key),
 ``updated`` (content hash differs; ``version`` + 1), ``unchanged`` (same hash; no write).
@@ -45,8 +48,8 @@ BATCH_BYTES: Final = 8 * 1024 * 1024  # or resource bytes per transaction
 CHUNK_ROWS: Final = 500  # rows per hand-over from the parser process
 CHUNK_BYTES: Final = 512 * 1024  # or resource bytes per hand-over
 PIPE_BYTES: Final = 1024 * 1024
-PREFETCH_FRAMES: Final = 3  # decoded chunks in this process: 2 waiting + 1 being written
-PREFETCH_BYTES: Final = 2 * 1024 * 1024  # or their frame bytes (one larger frame alone)
+PREFETCH_FRAMES: Final = 4  # decoded chunks in this process: 3 waiting + 1 being written
+PREFETCH_BYTES: Final = 4 * 1024 * 1024  # or their frame bytes (one larger frame alone)
 
 
 _malloc_tuned = False
@@ -151,9 +154,10 @@ class _ParserProcess:
 
     A fresh interpreter (``subprocess``, i.e. fork+exec / posix_spawn: nothing of this
     threaded process is copied into it). The pipe between us holds at most
-    ``PIPE_BYTES``; the child blocks on a full pipe, so at most one chunk waits in it, one
-    is being built and one is being written here. :meth:`close` kills the child if it
-    is still running (an error or cancellation here) and reaps it.
+    ``PIPE_BYTES`` and the child blocks on a full pipe; here at most ``PREFETCH_FRAMES`` /
+    ``PREFETCH_BYTES`` of decoded chunks are held (see :meth:`_read_frames`). :meth:`close`
+    kills the child if it is still running (an error or cancellation here) and reaps it;
+    if this process dies instead, the child's next write fails and it exits.
     """
 
     def __init__(self, path: Path, batch_rows: int) -> None:
@@ -402,19 +406,26 @@ def ingest_file(
             run_at_bound = writer.bind_time(run_at)
             journal = RunJournal()
             tx: RootTransaction | None = None
+            chunked = writer.dialect == "sqlite"
+            held_records: list[Record] = []
+            held_errors: list[tuple[int, str]] = []
             try:
                 for frame in parser.frames():
                     kind = frame[0]
                     if kind == "c":
                         _, records, errors, commit, bytes_read = frame
-                        if records or errors:
+                        held_records.extend(records)
+                        held_errors.extend(errors)
+                        # SQLite: each chunk into the open transaction as it arrives.
+                        # PostgreSQL: the whole batch at once (one COPY, one round trip).
+                        if (held_records or held_errors) and (commit or chunked):
                             if tx is None:
                                 tx = conn.begin()
                             _write_batch(
                                 writer,
                                 journal,
-                                records,
-                                errors,
+                                held_records,
+                                held_errors,
                                 connection_id=connection_id,
                                 export_id=export_id,
                                 run_at=run_at,
@@ -422,6 +433,7 @@ def ingest_file(
                                 fresh=fresh,
                                 counts=counts,
                             )
+                            held_records, held_errors = [], []
                         if commit:
                             if tx is not None:
                                 tx.commit()

@@ -12,6 +12,7 @@ that never hold more than one chunk of rows.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -73,6 +74,7 @@ _PG_TYPES: Final = [
 _STAGE_TABLE: Final = "ehi_ingest_stage"
 _LOOKUP_CHUNK: Final = 400  # keys per SELECT … IN (…): well under any bind-parameter limit
 SQLITE_INGEST_CHECKPOINT: Final = 65536  # pages: 256 MiB of WAL at 4 KiB a page
+SQLITE_INGEST_CHECKPOINT_FROM: Final = 8192  # no background checkpoint below ~32 MiB
 SQLITE_INGEST_CACHE_KIB: Final = 16 * 1024  # page cache of the writing connection
 SQLITE_ROWS_PER_STATEMENT: Final = 64  # x 11 columns: well under SQLite's 32,766 variables
 
@@ -322,12 +324,21 @@ class WalCheckpointer:
     the writer's: every commit is fsync'd before it returns (``synchronous=FULL``).
     """
 
-    def __init__(self, database: str, limit_frames: int = SQLITE_INGEST_CHECKPOINT) -> None:
+    def __init__(
+        self,
+        database: str,
+        limit_frames: int = SQLITE_INGEST_CHECKPOINT,
+        start_frames: int = SQLITE_INGEST_CHECKPOINT_FROM,
+    ) -> None:
         self._db = sqlite3.connect(
             database, check_same_thread=False, isolation_level=None, timeout=30
         )
         self._db.execute("PRAGMA synchronous=FULL")
+        self._database = database
+        self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
         self._limit = limit_frames
+        self._start = start_frames
+        self._checkpointed = False
         self._cond = threading.Condition()
         self._wanted = False
         self._busy = False
@@ -351,6 +362,9 @@ class WalCheckpointer:
                 frames = int(row[1]) if row is not None else 0
             except BaseException as exc:  # re-raised on the writer's thread
                 with self._cond:
+                    if self._closed:  # interrupted by close()
+                        self._busy = False
+                        return
                     self._failure = exc
                     self._busy = False
                     self._cond.notify_all()
@@ -374,20 +388,35 @@ class WalCheckpointer:
             if self._failure is not None:
                 raise self._failure
             frames = self._wal_frames
+            if not self._checkpointed:  # the WAL file has only grown so far
+                frames = self._wal_file_frames()
         if frames > self._limit:
             self._idle()  # the thread's connection is free: use it here
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
             with self._cond:
                 self._wal_frames = 0
+                self._checkpointed = True
             return
+        if frames < self._start:
+            return  # a small WAL: left to SQLite's own auto-checkpoint, as before
         with self._cond:
             self._wanted = True
+            self._checkpointed = True
             self._cond.notify_all()
+
+    def _wal_file_frames(self) -> int:
+        try:
+            return os.path.getsize(self._database + "-wal") // (self._page_size + 24)
+        except OSError:
+            return 0
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
+            busy = self._busy
             self._cond.notify_all()
+        if busy:  # the ingest is over: do not wait for the rest of a checkpoint
+            self._db.interrupt()
         self._thread.join()
         self._db.close()
 

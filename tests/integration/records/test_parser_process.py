@@ -138,16 +138,18 @@ def test_malformed_lines_beyond_the_first_chunks_keep_their_line_numbers(
     assert rows[(first["resourceType"], first["id"])].raw == lines[0]
 
 
-def test_wal_checkpointer_lets_the_wal_restart(tmp_path: Path) -> None:
+@pytest.mark.parametrize("start_frames", [0, 10**9], ids=["checkpointing", "small-wal"])
+def test_wal_checkpointer_lets_the_wal_restart(tmp_path: Path, start_frames: int) -> None:
     """Checkpointed beside the writes, the WAL still goes back to its start: it never
-    holds more than about the limit plus one transaction."""
+    holds more than about the limit plus a few transactions. Below ``start_frames`` it
+    does not checkpoint at all."""
     path = str(tmp_path / "wal.sqlite3")
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA page_size=4096")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA wal_autocheckpoint=0")
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB)")
-    checkpointer = WalCheckpointer(path, limit_frames=100)
+    checkpointer = WalCheckpointer(path, limit_frames=100, start_frames=start_frames)
     frames_per_commit = 30  # 30 rows of 3 KB: one page each
     most = 0
     try:
@@ -162,6 +164,8 @@ def test_wal_checkpointer_lets_the_wal_restart(tmp_path: Path) -> None:
     finally:
         checkpointer.close()
     assert conn.execute("SELECT count(*) FROM t").fetchone() == (60 * frames_per_commit,)
-    # Without restarts the WAL would hold all 60 commits (> 1,800 frames).
-    assert most < 100 + 10 * frames_per_commit
+    if start_frames:  # never checkpointed: the WAL holds all 60 commits
+        assert most >= 60 * frames_per_commit
+    else:  # without restarts it would hold all of them too
+        assert most < 100 + 10 * frames_per_commit
     conn.close()
