@@ -397,8 +397,8 @@ class WalCheckpointer:
                 self._wal_frames = 0
                 self._checkpointed = True
             return
-        if frames < self._start:
-            return  # a small WAL: left to SQLite's own auto-checkpoint, as before
+        if not self._checkpointed and frames < self._start:
+            return  # a small WAL so far: left to SQLite's own auto-checkpoint, as before
         with self._cond:
             self._wanted = True
             self._checkpointed = True

@@ -138,8 +138,14 @@ def test_malformed_lines_beyond_the_first_chunks_keep_their_line_numbers(
     assert rows[(first["resourceType"], first["id"])].raw == lines[0]
 
 
-@pytest.mark.parametrize("start_frames", [0, 10**9], ids=["checkpointing", "small-wal"])
-def test_wal_checkpointer_lets_the_wal_restart(tmp_path: Path, start_frames: int) -> None:
+@pytest.mark.parametrize(
+    ("limit_frames", "start_frames"),
+    [(100, 0), (100, 50), (10**9, 10**9)],
+    ids=["checkpointing", "from-50-frames", "never"],
+)
+def test_wal_checkpointer_lets_the_wal_restart(
+    tmp_path: Path, limit_frames: int, start_frames: int
+) -> None:
     """Checkpointed beside the writes, the WAL still goes back to its start: it never
     holds more than about the limit plus a few transactions. Below ``start_frames`` it
     does not checkpoint at all."""
@@ -149,7 +155,7 @@ def test_wal_checkpointer_lets_the_wal_restart(tmp_path: Path, start_frames: int
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA wal_autocheckpoint=0")
     conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB)")
-    checkpointer = WalCheckpointer(path, limit_frames=100, start_frames=start_frames)
+    checkpointer = WalCheckpointer(path, limit_frames=limit_frames, start_frames=start_frames)
     frames_per_commit = 30  # 30 rows of 3 KB: one page each
     most = 0
     try:
@@ -164,8 +170,8 @@ def test_wal_checkpointer_lets_the_wal_restart(tmp_path: Path, start_frames: int
     finally:
         checkpointer.close()
     assert conn.execute("SELECT count(*) FROM t").fetchone() == (60 * frames_per_commit,)
-    if start_frames:  # never checkpointed: the WAL holds all 60 commits
+    if limit_frames > 60 * frames_per_commit:  # never checkpointed: it holds all 60 commits
         assert most >= 60 * frames_per_commit
     else:  # without restarts it would hold all of them too
-        assert most < 100 + 10 * frames_per_commit
+        assert most < limit_frames + 10 * frames_per_commit
     conn.close()
