@@ -50,6 +50,9 @@ CHUNK_BYTES: Final = 512 * 1024  # or resource bytes per hand-over
 PIPE_BYTES: Final = 1024 * 1024
 PREFETCH_FRAMES: Final = 4  # decoded chunks in this process: 3 waiting + 1 being written
 PREFETCH_BYTES: Final = 4 * 1024 * 1024  # or their frame bytes (one larger frame alone)
+# PostgreSQL writes whole batches: let the next batch arrive while one is being written.
+PG_PREFETCH_FRAMES: Final = 64
+PG_PREFETCH_BYTES: Final = 2 * BATCH_BYTES
 
 
 _malloc_tuned = False
@@ -154,13 +157,21 @@ class _ParserProcess:
 
     A fresh interpreter (``subprocess``, i.e. fork+exec / posix_spawn: nothing of this
     threaded process is copied into it). The pipe between us holds at most
-    ``PIPE_BYTES`` and the child blocks on a full pipe; here at most ``PREFETCH_FRAMES`` /
-    ``PREFETCH_BYTES`` of decoded chunks are held (see :meth:`_read_frames`). :meth:`close`
+    ``PIPE_BYTES`` and the child blocks on a full pipe; here at most ``prefetch_frames`` /
+    ``prefetch_bytes`` of decoded chunks are held (see :meth:`_read_frames`). :meth:`close`
     kills the child if it is still running (an error or cancellation here) and reaps it;
     if this process dies instead, the child's next write fails and it exits.
     """
 
-    def __init__(self, path: Path, batch_rows: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        batch_rows: int,
+        prefetch_frames: int = PREFETCH_FRAMES,
+        prefetch_bytes: int = PREFETCH_BYTES,
+    ) -> None:
+        self._prefetch_frames = prefetch_frames
+        self._prefetch_bytes = prefetch_bytes
         env = dict(os.environ)
         root = _package_root()
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
@@ -205,8 +216,8 @@ class _ParserProcess:
 
     def _read_frames(self) -> None:
         """Reader thread: frames decoded ahead of the writer, while it waits on SQLite or an
-        fsync. Frames held here (queued or being written) stay within ``PREFETCH_FRAMES``
-        and ``PREFETCH_BYTES``; a larger frame is read only when nothing else is held, so a
+        fsync. Frames held here (queued or being written) stay within ``prefetch_frames``
+        and ``prefetch_bytes``; a larger frame is read only when nothing else is held, so a
         100 MB line is in this process once (and waits in the pipe and the child meanwhile).
         """
         try:
@@ -214,8 +225,8 @@ class _ParserProcess:
                 (size,) = FRAME_HEADER.unpack(self._read(FRAME_HEADER.size))
                 with self._cond:
                     while self._held and (
-                        len(self._held) >= PREFETCH_FRAMES
-                        or sum(self._held) + size > PREFETCH_BYTES
+                        len(self._held) >= self._prefetch_frames
+                        or sum(self._held) + size > self._prefetch_bytes
                     ):
                         if self._stopping.is_set():
                             return
@@ -395,7 +406,10 @@ def ingest_file(
     counts = _Counts()
     log.info("ingest.start", connection_id=connection_id, export_id=export_id)
     # Started first: the interpreter boots while this process sets up the run.
-    parser = _ParserProcess(path, batch_rows)
+    if db.is_sqlite:
+        parser = _ParserProcess(path, batch_rows)
+    else:
+        parser = _ParserProcess(path, batch_rows, PG_PREFETCH_FRAMES, PG_PREFETCH_BYTES)
     try:
         with db.engine.connect() as conn:
             writer = ResourceWriter(conn)
