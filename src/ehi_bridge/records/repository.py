@@ -108,7 +108,7 @@ class ResourceWriter:
         if self.dialect == "sqlite":
             self._sql = self._sqlite_upsert_sql()
             # Many rows per statement: one sqlite3_step (run without the GIL) per group
-            # instead of per row, so the parser thread and SQLite overlap.
+            # instead of per row, so the frame reader thread and SQLite overlap.
             group = "(" + ", ".join("?" for _ in WRITE_COLUMNS) + ")"
             if group not in self._sql:  # pragma: no cover - guards the SQL layout
                 raise RuntimeError("unexpected INSERT layout")
