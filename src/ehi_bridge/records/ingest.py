@@ -1,9 +1,12 @@
 """Ingest an export file into ``resources``: streamed, batched, idempotent, reconciled.
 
-One thread reads and parses the file (:mod:`ehi_bridge.records.ndjson`) and hands batches
-through a small bounded queue to the calling thread, which writes them: one transaction
-per batch, so a crash loses at most the batch in flight and a re-run (upserts keyed by
-``(connection_id, resource_type, resource_id)``) ends with exactly one row per key.
+A child process (:mod:`ehi_bridge.records.parse_worker`, a fresh interpreter) reads and
+parses the file and sends chunks of parsed records through a pipe; a thread here decodes
+them a little ahead, and the calling thread writes them: one transaction per batch, so a
+crash loses at most the batch in flight and a re-run (upserts keyed by
+``(connection_id, resource_type, resource_id)``) ends with exactly one row per key. The
+pipe and a bounded hand-over keep memory bounded; the child is killed and reaped when the
+ingest ends for any reason.
 
 Counts are judged against what was stored before the run: ``inserted`` (new key),
 ``updated`` (content hash differs; ``version`` + 1), ``unchanged`` (same hash; no write).
@@ -13,30 +16,43 @@ A key repeated in one file: the last occurrence wins, it is counted once, and
 
 from __future__ import annotations
 
+import builtins
+import contextlib
+import fcntl
+import marshal
+import os
+import queue
+import subprocess
+import sys
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import IO, Any, Final, Literal
 
 import structlog
+from sqlalchemy import RootTransaction
 
 from ehi_bridge.db.base import utcnow
 from ehi_bridge.db.engine import Database
-from ehi_bridge.records.ndjson import ParsedResource, ParseError, iter_records
-from ehi_bridge.records.repository import Key, ResourceWriter, RunJournal, SeenKeys
+from ehi_bridge.records.parse_worker import FRAME_HEADER
+from ehi_bridge.records.repository import Key, ResourceWriter, RunJournal
 
 log = structlog.get_logger(__name__)
 
-BATCH_ROWS: Final = 5000
-BATCH_BYTES: Final = 8 * 1024 * 1024
-QUEUE_BATCHES: Final = 3
-QUEUE_BYTES: Final = 3 * BATCH_BYTES
-READ_BUFFER: Final = 1024 * 1024
-MAX_ERRORS_IN_REPORT: Final = 50
+BATCH_ROWS: Final = 5000  # rows per transaction
+BATCH_BYTES: Final = 8 * 1024 * 1024  # or resource bytes per transaction
+CHUNK_ROWS: Final = 500  # rows per hand-over from the parser process
+CHUNK_BYTES: Final = 512 * 1024  # or resource bytes per hand-over
+PIPE_BYTES: Final = 1024 * 1024
+PREFETCH_FRAMES: Final = 4  # decoded chunks in this process: 3 waiting + 1 being written
+PREFETCH_BYTES: Final = 4 * 1024 * 1024  # or their frame bytes (one larger frame alone)
+# PostgreSQL writes whole batches: let the next batch arrive while one is being written.
+PG_PREFETCH_FRAMES: Final = 64
+PG_PREFETCH_BYTES: Final = 2 * BATCH_BYTES
 
 
 _malloc_tuned = False
@@ -83,6 +99,7 @@ class IngestReport:
     error_samples: list[dict[str, Any]] = field(default_factory=list)  # line and reason only
     bytes_read: int = 0
     seconds: float = 0.0
+    parser_peak_rss_kib: int = 0  # high-water RSS of the parser process
 
     @property
     def complete(self) -> bool:
@@ -120,131 +137,140 @@ def reconcile(report: IngestReport) -> None:
     report.status = "complete" if not mismatches and report.errors == 0 else "partial"
 
 
-@dataclass
-class _Batch:
-    records: list[tuple[ParsedResource, bool]] = field(default_factory=list)  # (record, dup)
-    errors: list[tuple[int, str]] = field(default_factory=list)
-    size: int = 0
-    repeats: bool = False  # some key occurs twice in this batch or occurred before it
+# A parsed record as the parser process sends it (see parse_worker):
+# (resource_type, resource_id, raw, content_hash, last_updated, patient_ref, repeat)
+Record = tuple[str, str, bytes, bytes, str | None, str | None, bool]
 
 
-class _Stop(Exception):
-    pass
+class ParserProcessError(RuntimeError):
+    """The parser process failed or ended without finishing the file."""
 
 
-class _Handoff:
-    """The bounded hand-over from the parser thread to the writer: at most
-    ``QUEUE_BATCHES`` batches and ``QUEUE_BYTES`` of resource bytes wait (a single batch
-    larger than that waits alone), so memory stays bounded even with 100 MB lines."""
+def _package_root() -> str:
+    import ehi_bridge
 
-    def __init__(self, stop: threading.Event) -> None:
-        self._items: deque[tuple[Any, int]] = deque()
-        self._bytes = 0
+    return str(Path(ehi_bridge.__file__).resolve().parents[1])
+
+
+class _ParserProcess:
+    """``python -m ehi_bridge.records.parse_worker`` on one file, read frame by frame.
+
+    A fresh interpreter (``subprocess``, i.e. fork+exec / posix_spawn: nothing of this
+    threaded process is copied into it). The pipe between us holds at most
+    ``PIPE_BYTES`` and the child blocks on a full pipe; here at most ``prefetch_frames`` /
+    ``prefetch_bytes`` of decoded chunks are held (see :meth:`_read_frames`). :meth:`close`
+    kills the child if it is still running (an error or cancellation here) and reaps it;
+    if this process dies instead, the child's next write fails and it exits.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        batch_rows: int,
+        prefetch_frames: int = PREFETCH_FRAMES,
+        prefetch_bytes: int = PREFETCH_BYTES,
+    ) -> None:
+        self._prefetch_frames = prefetch_frames
+        self._prefetch_bytes = prefetch_bytes
+        env = dict(os.environ)
+        root = _package_root()
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        self._proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ehi_bridge.records.parse_worker",
+                str(path),
+                str(batch_rows),
+                str(BATCH_BYTES),
+                str(CHUNK_ROWS),
+                str(CHUNK_BYTES),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            env=env,
+            close_fds=True,
+        )
+        assert self._proc.stdout is not None
+        self._out: IO[bytes] = self._proc.stdout
+        # Linux: room for a whole chunk, so the child rarely waits on us.
+        with contextlib.suppress(OSError, AttributeError):
+            fcntl.fcntl(self._out.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        self._frames: queue.SimpleQueue[Any] = queue.SimpleQueue()  # bounded by _held
+        self._held: deque[int] = deque()  # sizes of the frames read and not yet written
         self._cond = threading.Condition()
-        self._stop = stop
+        self._stopping = threading.Event()
+        self._reader = threading.Thread(target=self._read_frames, name="ingest-frames", daemon=True)
+        self._reader.start()
 
-    def put(self, item: Any, size: int = 0) -> None:
-        with self._cond:
-            while self._items and (
-                len(self._items) >= QUEUE_BATCHES or self._bytes + size > QUEUE_BYTES
-            ):
-                if self._stop.is_set():
-                    raise _Stop
-                self._cond.wait(0.2)
-            if self._stop.is_set():
-                raise _Stop
-            self._items.append((item, size))
-            self._bytes += size
-            self._cond.notify_all()
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
 
-    def get(self) -> Any:
-        with self._cond:
-            while not self._items:
-                self._cond.wait()
-            item, size = self._items.popleft()
-            self._bytes -= size
-            self._cond.notify_all()
-            return item
+    def _read(self, n: int) -> bytes:
+        data = self._out.read(n)
+        if len(data) != n:
+            code = self._proc.wait()
+            raise ParserProcessError(f"ingest parser process ended early (exit status {code})")
+        return data
 
-
-def _mark_repeats(
-    seen: SeenKeys,
-    pending: list[ParsedResource],
-    batch: _Batch,
-    by_type: Counter[str],
-    dup_by_type: Counter[str],
-) -> None:
-    """Tag each record with whether its key already occurred earlier in the file."""
-    if not pending:
-        return
-    firsts = seen.add_batch([(r.resource_type, r.resource_id) for r in pending])
-    for record, first in zip(pending, firsts, strict=True):
-        if first:
-            by_type[record.resource_type] += 1
-        else:
-            dup_by_type[record.resource_type] += 1
-            batch.repeats = True
-        batch.records.append((record, not first))
-
-
-def _parse_into(
-    path: Path,
-    q: _Handoff,
-    report: IngestReport,
-    progress: Callable[[int], None] | None,
-    batch_rows: int,
-) -> None:
-    """Parser thread: file → batches of (record, seen-before-in-this-file) and errors."""
-    seen = SeenKeys()
-    by_type: Counter[str] = Counter()
-    dup_by_type: Counter[str] = Counter()
-    try:
-        with path.open("rb", buffering=READ_BUFFER) as stream:
-            batch = _Batch()
-            pending: list[ParsedResource] = []
-            for item in iter_records(stream):
-                report.lines += 1
-                if isinstance(item, ParseError):
-                    batch.errors.append((item.line_number, item.reason))
-                    report.errors += 1
-                    if len(report.error_samples) < MAX_ERRORS_IN_REPORT:
-                        report.error_samples.append(
-                            {"line": item.line_number, "reason": item.reason}
-                        )
-                else:
-                    pending.append(item)
-                    batch.size += len(item.raw)
-                if (
-                    len(pending) >= batch_rows
-                    or batch.size >= BATCH_BYTES
-                    or len(batch.errors) >= batch_rows
-                ):
-                    _mark_repeats(seen, pending, batch, by_type, dup_by_type)
-                    pending = []
-                    q.put(batch, batch.size)
-                    batch = _Batch()
-                    report.bytes_read = stream.tell()
-                    if progress is not None:
-                        progress(report.bytes_read)
-            _mark_repeats(seen, pending, batch, by_type, dup_by_type)
-            q.put(batch, batch.size)
-            report.bytes_read = stream.tell()
-            if progress is not None:
-                progress(report.bytes_read)
-        report.by_type = dict(sorted(by_type.items()))
-        report.duplicates_by_type = dict(sorted(dup_by_type.items()))
-        report.resources = sum(by_type.values())
-        report.duplicates = sum(dup_by_type.values())
-        q.put(None)
-    except _Stop:
-        return
-    except BaseException as exc:  # handed to the writer, which re-raises it
+    def _read_frames(self) -> None:
+        """Reader thread: frames decoded ahead of the writer, while it waits on SQLite or an
+        fsync. Frames held here (queued or being written) stay within ``prefetch_frames``
+        and ``prefetch_bytes``; a larger frame is read only when nothing else is held, so a
+        100 MB line is in this process once (and waits in the pipe and the child meanwhile).
+        """
         try:
-            q.put(exc)
-        except _Stop:
-            return
-    finally:
-        seen.close()
+            while True:
+                (size,) = FRAME_HEADER.unpack(self._read(FRAME_HEADER.size))
+                with self._cond:
+                    while self._held and (
+                        len(self._held) >= self._prefetch_frames
+                        or sum(self._held) + size > self._prefetch_bytes
+                    ):
+                        if self._stopping.is_set():
+                            return
+                        self._cond.wait(0.1)
+                    self._held.append(size)
+                # Our own child's output; marshal builds data objects only (no code runs).
+                frame = marshal.loads(self._read(size))  # noqa: S302
+                if not isinstance(frame, tuple) or not frame:  # pragma: no cover - protocol
+                    raise ParserProcessError("unexpected frame from the ingest parser process")
+                self._frames.put(frame)
+                if frame[0] in ("d", "x"):
+                    return
+        except BaseException as exc:  # handed to the writer, which re-raises it
+            self._frames.put(exc)
+
+    def frames(self) -> Iterator[tuple[Any, ...]]:
+        while True:
+            item = self._frames.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item  # the writer works on it until it asks for the next one
+            with self._cond:
+                self._held.popleft()
+                self._cond.notify_all()
+            if item[0] in ("d", "x"):
+                return
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        self._reader.join()
+        self._out.close()
+
+
+def _parser_failure(path: Path, kind: str, errno: int | None, strerror: str | None) -> Exception:
+    """The parser process's exception, as far as it can be rebuilt without its message."""
+    cls = getattr(builtins, kind, None)
+    if isinstance(cls, type) and issubclass(cls, OSError) and errno is not None:
+        return cls(errno, strerror, str(path))
+    if isinstance(cls, type) and issubclass(cls, MemoryError):
+        return MemoryError()
+    return ParserProcessError(f"ingest parser process failed ({kind})")
 
 
 class _Counts:
@@ -257,7 +283,8 @@ class _Counts:
 def _write_batch(
     writer: ResourceWriter,
     journal: RunJournal,
-    batch: _Batch,
+    records: list[Record],
+    errors: list[tuple[int, str]],
     *,
     connection_id: str,
     export_id: int | None,
@@ -266,35 +293,24 @@ def _write_batch(
     fresh: bool,
     counts: _Counts,
 ) -> None:
-    if fresh and not batch.repeats:
+    """Write one chunk of records (in the caller's transaction)."""
+    if fresh and not any(record[6] for record in records):
         # First ingest of this connection, every key new to the run: nothing to look up.
         writer.insert_new(
             [
-                (
-                    connection_id,
-                    r.resource_type,
-                    r.resource_id,
-                    r.raw,
-                    r.content_hash,
-                    1,
-                    r.last_updated,
-                    r.patient_ref,
-                    export_id,
-                    run_at_bound,
-                    False,
-                )
-                for r, _ in batch.records
+                (connection_id, t, i, raw, h, 1, lu, pr, export_id, run_at_bound, False)
+                for t, i, raw, h, lu, pr, _ in records
             ]
         )
-        counts.inserted += len(batch.records)
-        writer.add_errors(connection_id, export_id, batch.errors, run_at)
+        counts.inserted += len(records)
+        writer.add_errors(connection_id, export_id, errors, run_at)
         return
-    # Last occurrence in the batch wins; keep whether the key was seen before the batch.
-    latest: dict[Key, tuple[ParsedResource, bool]] = {}
-    for record, dup in batch.records:
-        key = (record.resource_type, record.resource_id)
+    # Last occurrence in the chunk wins; keep whether the key was seen before the chunk.
+    latest: dict[Key, tuple[Record, bool]] = {}
+    for record in records:
+        key = (record[0], record[1])
         earlier = latest.get(key)
-        latest[key] = (record, dup if earlier is None else earlier[1])
+        latest[key] = (record, record[6] if earlier is None else earlier[1])
 
     lookup = [key for key, (_, dup) in latest.items() if dup or not fresh]
     stored = writer.lookup(connection_id, lookup) if lookup else {}
@@ -305,24 +321,13 @@ def _write_batch(
     new_rows: list[tuple[Any, ...]] = []  # known not to exist: plain insert / COPY
     remember: list[tuple[Key, bytes, int, bool]] = []
 
-    def row(record: ParsedResource, version: int) -> tuple[Any, ...]:
-        return (
-            connection_id,
-            record.resource_type,
-            record.resource_id,
-            record.raw,
-            record.content_hash,
-            version,
-            record.last_updated,
-            record.patient_ref,
-            export_id,
-            run_at_bound,
-            False,
-        )
+    def row(record: Record, version: int) -> tuple[Any, ...]:
+        t, i, raw, h, lu, pr, _ = record
+        return (connection_id, t, i, raw, h, version, lu, pr, export_id, run_at_bound, False)
 
     for key, (record, dup) in latest.items():
         current = stored.get(key)
-        new_hash = record.content_hash
+        new_hash = record[3]
         if not dup:
             if current is None:
                 new_rows.append(row(record, 1))
@@ -365,7 +370,7 @@ def _write_batch(
 
     writer.insert_new(new_rows)
     writer.upsert(rows)
-    writer.add_errors(connection_id, export_id, batch.errors, run_at)
+    writer.add_errors(connection_id, export_id, errors, run_at)
     journal.remember(remember)
 
 
@@ -400,48 +405,82 @@ def ingest_file(
     )
     counts = _Counts()
     log.info("ingest.start", connection_id=connection_id, export_id=export_id)
-    with db.engine.connect() as conn:
-        writer = ResourceWriter(conn)
-        with conn.begin():
-            writer.prepare()
-            writer.clear_errors(connection_id, export_id)
-            fresh = writer.count(connection_id) == 0
-        run_at_bound = writer.bind_time(run_at)
-        journal = RunJournal()
-        stop = threading.Event()
-        q = _Handoff(stop)
-        parser = threading.Thread(
-            target=_parse_into,
-            args=(path, q, report, progress, batch_rows),
-            name="ingest-parse",
-            daemon=True,
-        )
-        parser.start()
-        try:
-            while True:
-                item = q.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                with conn.begin():
-                    _write_batch(
-                        writer,
-                        journal,
-                        item,
-                        connection_id=connection_id,
-                        export_id=export_id,
-                        run_at=run_at,
-                        run_at_bound=run_at_bound,
-                        fresh=fresh,
-                        counts=counts,
-                    )
-        finally:
-            stop.set()
-            parser.join()
-            journal.close()
+    # Started first: the interpreter boots while this process sets up the run.
+    if db.is_sqlite:
+        parser = _ParserProcess(path, batch_rows)
+    else:
+        parser = _ParserProcess(path, batch_rows, PG_PREFETCH_FRAMES, PG_PREFETCH_BYTES)
+    try:
+        with db.engine.connect() as conn:
+            writer = ResourceWriter(conn)
             with conn.begin():
-                writer.release()
+                writer.prepare()
+                writer.clear_errors(connection_id, export_id)
+                fresh = writer.count(connection_id) == 0
+            run_at_bound = writer.bind_time(run_at)
+            journal = RunJournal()
+            tx: RootTransaction | None = None
+            chunked = writer.dialect == "sqlite"
+            held_records: list[Record] = []
+            held_errors: list[tuple[int, str]] = []
+            try:
+                for frame in parser.frames():
+                    kind = frame[0]
+                    if kind == "c":
+                        _, records, errors, commit, bytes_read = frame
+                        held_records.extend(records)
+                        held_errors.extend(errors)
+                        # SQLite: each chunk into the open transaction as it arrives.
+                        # PostgreSQL: the whole batch at once (one COPY, one round trip).
+                        if (held_records or held_errors) and (commit or chunked):
+                            if tx is None:
+                                tx = conn.begin()
+                            _write_batch(
+                                writer,
+                                journal,
+                                held_records,
+                                held_errors,
+                                connection_id=connection_id,
+                                export_id=export_id,
+                                run_at=run_at,
+                                run_at_bound=run_at_bound,
+                                fresh=fresh,
+                                counts=counts,
+                            )
+                            held_records, held_errors = [], []
+                        if commit:
+                            if tx is not None:
+                                tx.commit()
+                                tx = None
+                                writer.committed()
+                            report.bytes_read = bytes_read
+                            if progress is not None:
+                                progress(bytes_read)
+                    elif kind == "d":
+                        _, lines, error_count, samples, by_type, repeats_by_type, rss = frame
+                        report.lines = lines
+                        report.errors = error_count
+                        report.error_samples = [
+                            {"line": line, "reason": reason} for line, reason in samples
+                        ]
+                        report.by_type = by_type
+                        report.duplicates_by_type = repeats_by_type
+                        report.resources = sum(by_type.values())
+                        report.duplicates = sum(repeats_by_type.values())
+                        report.parser_peak_rss_kib = rss
+                        break
+                    elif kind == "x":
+                        raise _parser_failure(path, *frame[1:])
+                    else:  # pragma: no cover - protocol
+                        raise ParserProcessError(f"unexpected frame kind {kind!r}")
+            finally:
+                if tx is not None and tx.is_active:
+                    tx.rollback()
+                journal.close()
+                with conn.begin():
+                    writer.release()
+    finally:
+        parser.close()
     report.inserted = counts.inserted
     report.updated = counts.updated
     report.unchanged = counts.unchanged

@@ -222,6 +222,14 @@ def detect_format(prefix: bytes) -> str:
     if not head.startswith(b"{"):
         return "ndjson"
     first_line = head.split(b"\n", 1)[0]
+    if b"Bundle" not in first_line and b"\\u" not in first_line:
+        # The common NDJSON case, without loading ijson: a first line that is a whole
+        # object and cannot spell "Bundle" is the first object, and it is no Bundle.
+        try:
+            if isinstance(orjson.loads(first_line), dict):
+                return "ndjson"
+        except orjson.JSONDecodeError:
+            pass
     if _top_level_resource_type(first_line) == "Bundle":
         # A whole Bundle on the first line: a Bundle file unless more lines follow.
         rest = head[len(first_line) :].strip()

@@ -12,7 +12,9 @@ that never hold more than one chunk of rows.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,10 +28,12 @@ from sqlalchemy.orm import Session
 
 from ehi_bridge.db.engine import Database
 from ehi_bridge.records.models import IngestError, Resource
+from ehi_bridge.records.seen import SeenKeys
 
 RESOURCES = cast(Table, Resource.__table__)
 ERRORS = cast(Table, IngestError.__table__)
 Key = tuple[str, str]  # (resource_type, resource_id)
+__all__ = ["Key", "ResourceWriter", "RunJournal", "SeenKeys", "StoredState"]
 
 # Column order of every row the ingest writes.
 WRITE_COLUMNS: Final = (
@@ -69,7 +73,9 @@ _PG_TYPES: Final = [
 ]
 _STAGE_TABLE: Final = "ehi_ingest_stage"
 _LOOKUP_CHUNK: Final = 400  # keys per SELECT … IN (…): well under any bind-parameter limit
-SQLITE_INGEST_CHECKPOINT: Final = 16000  # pages: ~64 MiB of WAL at 4 KiB a page
+SQLITE_INGEST_CHECKPOINT: Final = 65536  # pages: 256 MiB of WAL at 4 KiB a page
+SQLITE_INGEST_CHECKPOINT_FROM: Final = 8192  # no background checkpoint below ~32 MiB
+SQLITE_INGEST_CACHE_KIB: Final = 16 * 1024  # page cache of the writing connection
 SQLITE_ROWS_PER_STATEMENT: Final = 64  # x 11 columns: well under SQLite's 32,766 variables
 
 
@@ -94,6 +100,7 @@ class ResourceWriter:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.dialect = conn.dialect.name
+        self._checkpointer: WalCheckpointer | None = None
         column_type = RESOURCES.c.ingested_at.type
         # The full bind chain (TypeDecorator + dialect impl), as SQLAlchemy itself stores it.
         processor = column_type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
@@ -101,7 +108,7 @@ class ResourceWriter:
         if self.dialect == "sqlite":
             self._sql = self._sqlite_upsert_sql()
             # Many rows per statement: one sqlite3_step (run without the GIL) per group
-            # instead of per row, so the parser thread and SQLite overlap.
+            # instead of per row, so the frame reader thread and SQLite overlap.
             group = "(" + ", ".join("?" for _ in WRITE_COLUMNS) + ")"
             if group not in self._sql:  # pragma: no cover - guards the SQL layout
                 raise RuntimeError("unexpected INSERT layout")
@@ -151,7 +158,8 @@ class ResourceWriter:
         return str(stmt.compile(dialect=self.conn.dialect))
 
     def prepare(self) -> None:
-        """Per-connection set-up: the PostgreSQL staging table; SQLite's larger page cache."""
+        """Per-connection set-up: the PostgreSQL staging table; on SQLite a larger page
+        cache and WAL checkpoints on a background thread."""
         if self.dialect == "postgresql":
             self.conn.exec_driver_sql(
                 f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE_TABLE} ("
@@ -160,15 +168,32 @@ class ResourceWriter:
                 "last_updated varchar(64), patient_ref varchar(255), export_id bigint, "
                 "ingested_at timestamptz, revoked boolean) ON COMMIT DELETE ROWS"
             )
+            return
+        # With 4 KiB pages the default 2 MiB cache keeps too few index pages: they are
+        # re-read from the WAL for every batch.
+        self.conn.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_INGEST_CACHE_KIB}")
+        database = self.conn.engine.url.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            # Checkpoints (WAL → database file: a read and a write of every page, and an
+            # fsync) run on their own connection and thread, beside the writing instead of
+            # inside its commits; this connection does not checkpoint meanwhile.
+            self.conn.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = WalCheckpointer(database)
         else:
-            # Checkpoint the WAL every ~64 MiB instead of every ~16 MiB: index pages that
-            # several batches rewrite reach the database file once. (A larger page cache
-            # measured no faster and costs RSS, so it stays at the default.)
             self.conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={SQLITE_INGEST_CHECKPOINT}")
+
+    def committed(self) -> None:
+        """Called after each committed batch: lets the WAL be checkpointed (SQLite)."""
+        if self._checkpointer is not None:
+            self._checkpointer.committed()
 
     def release(self) -> None:
         if self.dialect == "sqlite":
+            if self._checkpointer is not None:
+                self._checkpointer.close()
+                self._checkpointer = None
             self.conn.exec_driver_sql("PRAGMA wal_autocheckpoint=1000")  # SQLite's default
+            self.conn.exec_driver_sql("PRAGMA cache_size=-2000")  # SQLite's default
 
     def upsert(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Insert new keys; rewrite existing keys only where the content hash differs."""
@@ -286,58 +311,113 @@ class ResourceWriter:
             self.conn.execute(postgresql.insert(ERRORS).on_conflict_do_nothing(), rows)
 
 
-class SeenKeys:
-    """Exact set of keys seen in one ingest run, in bounded memory.
+class WalCheckpointer:
+    """PASSIVE checkpoints of one SQLite database on a thread of their own.
 
-    A private temporary SQLite database (``sqlite3.connect("")``): pages beyond its cache
-    spill to an anonymous temporary file, so a file with millions of ids costs a few MiB of
-    RAM. Not the application database; nothing in it outlives the run.
+    After each commit of the ingest, the thread copies the WAL's committed frames into the
+    database file (its own connection; ``sqlite3`` releases the GIL while it runs), so the
+    checkpoint overlaps the next batch. A WAL being appended to while it is checkpointed
+    never restarts from its beginning, so once it holds more than
+    :data:`SQLITE_INGEST_CHECKPOINT` frames the writer waits for the thread, checkpoints
+    the rest itself (about one batch) and its next transaction starts the WAL afresh
+    (unless a reader still uses it, as with SQLite's own auto-checkpoint). Durability is
+    the writer's: every commit is fsync'd before it returns (``synchronous=FULL``).
     """
 
-    def __init__(self, cache_kib: int = 8192) -> None:
-        self._db = sqlite3.connect("", check_same_thread=False, isolation_level=None)
-        self._db.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
-        self._db.execute("PRAGMA journal_mode=OFF")
-        self._db.execute("PRAGMA synchronous=OFF")
-        self._db.execute(
-            "CREATE TABLE seen (t TEXT NOT NULL, i TEXT NOT NULL, batch INTEGER NOT NULL, "
-            "PRIMARY KEY (t, i)) WITHOUT ROWID"
+    def __init__(
+        self,
+        database: str,
+        limit_frames: int = SQLITE_INGEST_CHECKPOINT,
+        start_frames: int = SQLITE_INGEST_CHECKPOINT_FROM,
+    ) -> None:
+        self._db = sqlite3.connect(
+            database, check_same_thread=False, isolation_level=None, timeout=30
         )
-        self._db.execute("BEGIN")
-        self._batch = 0
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._database = database
+        self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        self._limit = limit_frames
+        self._start = start_frames
+        self._checkpointed = False
+        self._cond = threading.Condition()
+        self._wanted = False
+        self._busy = False
+        self._closed = False
+        self._wal_frames = 0
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ingest-checkpoint", daemon=True)
+        self._thread.start()
 
-    def add_batch(self, keys: Sequence[Key]) -> list[bool]:
-        """For each key (in order): True when it is the first occurrence in this run."""
-        self._batch += 1
-        before = self._db.total_changes
-        batch = self._batch
-        self._db.executemany(
-            "INSERT OR IGNORE INTO seen VALUES (?, ?, ?)", [(t, i, batch) for t, i in keys]
-        )
-        added = self._db.total_changes - before
-        distinct = set(keys)
-        earlier: set[Key] = set()
-        if added != len(distinct):  # some keys occurred in an earlier batch: which ones
-            wanted = list(distinct)
-            for start in range(0, len(wanted), _LOOKUP_CHUNK):
-                chunk = wanted[start : start + _LOOKUP_CHUNK]
-                marks = ", ".join("(?, ?)" for _ in chunk)
-                params = [value for key in chunk for value in key]
-                earlier.update(
-                    (t, i)
-                    for t, i in self._db.execute(
-                        f"SELECT t, i FROM seen WHERE batch < ? AND (t, i) IN (VALUES {marks})",
-                        [batch, *params],
-                    )
-                )
-        firsts: list[bool] = []
-        taken: set[Key] = set()
-        for key in keys:
-            firsts.append(key not in earlier and key not in taken)
-            taken.add(key)
-        return firsts
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._wanted and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                self._wanted = False
+                self._busy = True
+            try:
+                row = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                frames = int(row[1]) if row is not None else 0
+            except BaseException as exc:  # re-raised on the writer's thread
+                with self._cond:
+                    if self._closed:  # interrupted by close()
+                        self._busy = False
+                        return
+                    self._failure = exc
+                    self._busy = False
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._wal_frames = frames
+                self._busy = False
+                self._cond.notify_all()
+
+    def _idle(self) -> None:
+        with self._cond:
+            while self._busy or self._wanted:
+                if self._failure is not None:
+                    break
+                self._cond.wait()
+            if self._failure is not None:
+                raise self._failure
+
+    def committed(self) -> None:
+        with self._cond:
+            if self._failure is not None:
+                raise self._failure
+            frames = self._wal_frames
+            if not self._checkpointed:  # the WAL file has only grown so far
+                frames = self._wal_file_frames()
+        if frames > self._limit:
+            self._idle()  # the thread's connection is free: use it here
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            with self._cond:
+                self._wal_frames = 0
+                self._checkpointed = True
+            return
+        if not self._checkpointed and frames < self._start:
+            return  # a small WAL so far: left to SQLite's own auto-checkpoint, as before
+        with self._cond:
+            self._wanted = True
+            self._checkpointed = True
+            self._cond.notify_all()
+
+    def _wal_file_frames(self) -> int:
+        try:
+            return os.path.getsize(self._database + "-wal") // (self._page_size + 24)
+        except OSError:
+            return 0
 
     def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            busy = self._busy
+            self._cond.notify_all()
+        if busy:  # the ingest is over: do not wait for the rest of a checkpoint
+            self._db.interrupt()
+        self._thread.join()
         self._db.close()
 
 
