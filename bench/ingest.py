@@ -71,13 +71,16 @@ def child(url: str, file: Path, batch_rows: int) -> None:
     from ehi_bridge.connections.repository import ensure_manual_connection
     from ehi_bridge.db.engine import Database
     from ehi_bridge.db.migrate import ensure_schema
-    from ehi_bridge.records.ingest import ingest_file
+    from ehi_bridge.records.ingest import ingest_file, keep_parser_ready
     from ehi_bridge.records.models import Resource
 
     ensure_schema(url)
     db = Database(url)
     with db.session() as session:
         connection_id = ensure_manual_connection(session, f"bench-{uuid.uuid4().hex}").id
+    # As in the service (Runtime.start): a parser process is booted before it is needed.
+    keep_parser_ready()
+    time.sleep(0.5)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     rss_before = usage.ru_maxrss
     cpu_before = usage.ru_utime + usage.ru_stime

@@ -23,6 +23,7 @@ from sqlalchemy import create_engine, event
 from ehi_bridge import __version__
 from ehi_bridge.config import Settings
 from ehi_bridge.db.engine import Database, is_sqlite, normalize_url
+from ehi_bridge.records.ingest import keep_parser_ready, stop_ready_parser
 from ehi_bridge.webhooks import repository as inbox_repo
 
 log = structlog.get_logger(__name__)
@@ -52,6 +53,7 @@ class Runtime:
         global _current
         _current = self
         _launch_dbos(self.settings)
+        keep_parser_ready()
         self._thread = threading.Thread(target=self._dispatch_loop, name="dispatcher", daemon=True)
         self._thread.start()
         log.info("background runtime started", executor_id=self.settings.executor_id)
@@ -65,6 +67,7 @@ class Runtime:
         from dbos import DBOS
 
         DBOS.destroy(workflow_completion_timeout_sec=5)
+        stop_ready_parser()
         _current = None
 
     def _dispatch_loop(self) -> None:

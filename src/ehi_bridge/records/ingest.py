@@ -38,7 +38,7 @@ from sqlalchemy import RootTransaction
 
 from ehi_bridge.db.base import utcnow
 from ehi_bridge.db.engine import Database
-from ehi_bridge.records.parse_worker import FRAME_HEADER
+from ehi_bridge.records.parse_worker import FRAME_HEADER, write_frame
 from ehi_bridge.records.repository import Key, ResourceWriter, RunJournal
 
 log = structlog.get_logger(__name__)
@@ -152,6 +152,80 @@ def _package_root() -> str:
     return str(Path(ehi_bridge.__file__).resolve().parents[1])
 
 
+def _start_parser() -> subprocess.Popen[bytes]:
+    """A parser interpreter that boots and then waits for its arguments on stdin."""
+    env = dict(os.environ)
+    root = _package_root()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ehi_bridge.records.parse_worker", "--wait"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        close_fds=True,
+    )
+
+
+class _ReadyParser:
+    """At most one parser booted ahead of need, once :func:`keep_parser_ready` was called
+    (by the service, whose ingests then skip the ~40 ms an interpreter takes to start).
+    A waiting parser exits when this process does (its stdin reaches end of input)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ready: subprocess.Popen[bytes] | None = None
+        self._keep = False
+
+    def keep(self) -> None:
+        with self._lock:
+            self._keep = True
+            if self._ready is None or self._ready.poll() is not None:
+                self._ready = _start_parser()
+
+    def take(self) -> subprocess.Popen[bytes]:
+        with self._lock:
+            ready, self._ready = self._ready, None
+        if ready is None or ready.poll() is not None:
+            if ready is not None:
+                ready.wait()
+            ready = _start_parser()
+        return ready
+
+    def replenish(self) -> None:
+        """After an ingest (not during it: booting takes CPU from the ingest)."""
+        with self._lock:
+            if self._keep and self._ready is None:
+                self._ready = _start_parser()
+
+    def stop(self) -> None:
+        with self._lock:
+            ready, self._ready, self._keep = self._ready, None, False
+        if ready is not None:
+            _discard(ready)
+
+
+def _discard(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+_ready_parser = _ReadyParser()
+
+
+def keep_parser_ready() -> None:
+    """Keep one parser process booted and waiting for the next ingest (the service)."""
+    _ready_parser.keep()
+
+
+def stop_ready_parser() -> None:
+    _ready_parser.stop()
+
+
 class _ParserProcess:
     """``python -m ehi_bridge.records.parse_worker`` on one file, read frame by frame.
 
@@ -172,25 +246,15 @@ class _ParserProcess:
     ) -> None:
         self._prefetch_frames = prefetch_frames
         self._prefetch_bytes = prefetch_bytes
-        env = dict(os.environ)
-        root = _package_root()
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        self._proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ehi_bridge.records.parse_worker",
-                str(path),
-                str(batch_rows),
-                str(BATCH_BYTES),
-                str(CHUNK_ROWS),
-                str(CHUNK_BYTES),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            env=env,
-            close_fds=True,
-        )
+        self._proc = _ready_parser.take()
+        assert self._proc.stdin is not None
+        arguments = (str(path), batch_rows, BATCH_BYTES, CHUNK_ROWS, CHUNK_BYTES)
+        try:
+            write_frame(self._proc.stdin, arguments)
+            self._proc.stdin.close()
+        except OSError as exc:
+            _discard(self._proc)
+            raise ParserProcessError("ingest parser process did not start") from exc
         assert self._proc.stdout is not None
         self._out: IO[bytes] = self._proc.stdout
         # Linux: room for a whole chunk, so the child rarely waits on us.
@@ -261,6 +325,7 @@ class _ParserProcess:
         self._proc.wait()
         self._reader.join()
         self._out.close()
+        _ready_parser.replenish()
 
 
 def _parser_failure(path: Path, kind: str, errno: int | None, strerror: str | None) -> Exception:

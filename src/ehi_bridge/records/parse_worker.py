@@ -20,6 +20,10 @@ Protocol, on stdout: frames of an 8-byte little-endian length and a :mod:`marsha
 Memory is bounded by one chunk (plus the longest line): a frame is written before the next
 chunk is built, and the write blocks while the reader is behind. The process ends when
 its stdout is closed (the reader went away) or it is killed.
+
+Started with ``--wait`` instead of arguments, it boots (imports) and then waits for them as
+one frame on stdin: the service keeps one such parser ready, so an ingest does not wait for
+an interpreter to start. End of stdin before that frame: it exits.
 """
 
 from __future__ import annotations
@@ -150,7 +154,23 @@ def parse_file(
     )
 
 
+def read_arguments(source: IO[bytes]) -> list[str] | None:
+    """The arguments of a parser started ahead of need (``--wait``): one frame on stdin.
+    None at end of input: the service that started us stopped or went away."""
+    header = source.read(FRAME_HEADER.size)
+    if len(header) != FRAME_HEADER.size:
+        return None
+    (size,) = FRAME_HEADER.unpack(header)
+    arguments = marshal.loads(source.read(size))  # noqa: S302 - our parent's own frame
+    return [str(a) for a in arguments]
+
+
 def main(argv: list[str]) -> int:
+    if argv == ["--wait"]:
+        waited = read_arguments(sys.stdin.buffer)
+        if waited is None:
+            return 0
+        argv = waited
     path, batch_rows, batch_bytes, chunk_rows, chunk_bytes = argv
     # This process holds only short-lived objects (a chunk at a time, no cycles): the
     # collector's default thresholds would scan them every few hundred lines for nothing.

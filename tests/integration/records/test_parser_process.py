@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -175,3 +176,61 @@ def test_wal_checkpointer_lets_the_wal_restart(
     else:  # without restarts it would hold all of them too
         assert most < limit_frames + 10 * frames_per_commit
     conn.close()
+
+
+def test_a_parser_kept_ready_is_used_by_the_next_ingest_then_replaced(
+    db: Database, tmp_path: Path, parser_pids: list[int]
+) -> None:
+    ingest.keep_parser_ready()
+    try:
+        ready = ingest._ready_parser._ready
+        assert ready is not None
+        connection_id = new_connection(db)
+        lines = scaled_lines(2)
+        report = ingest_file(
+            db,
+            write_lines(tmp_path / "a.ndjson", lines),
+            connection_id=connection_id,
+            export_id=None,
+        )
+        assert report.complete and report.inserted == len(lines)
+        assert parser_pids == [ready.pid]
+        assert _gone(ready.pid)
+        replacement = ingest._ready_parser._ready
+        assert replacement is not None and replacement.pid != ready.pid
+        assert replacement.poll() is None
+    finally:
+        ingest.stop_ready_parser()
+    assert _gone(replacement.pid)
+
+
+def test_a_ready_parser_exits_when_the_service_that_started_it_dies(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    service = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from ehi_bridge.records import ingest\n"
+            "ingest.keep_parser_ready()\n"
+            "print(ingest._ready_parser._ready.pid, flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert service.stdout is not None
+    ready_pid = int(service.stdout.readline())
+    assert not _gone(ready_pid)
+    service.send_signal(signal.SIGKILL)
+    service.wait()
+    deadline = time.monotonic() + 20
+    while not _gone(ready_pid) and time.monotonic() < deadline:
+        # Reap it if it became ours (it was re-parented to init or to this test's process).
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(ready_pid, os.WNOHANG)
+        time.sleep(0.05)
+    assert _gone(ready_pid)
