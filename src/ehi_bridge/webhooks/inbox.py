@@ -209,8 +209,7 @@ class InboxWriter:
         self._queue: queue.SimpleQueue[_Waiter | object] = queue.SimpleQueue()
         # SQLite: committed batches waiting for the WAL's fdatasync.
         self._committed: queue.SimpleQueue[list[_Waiter] | object] = queue.SimpleQueue()
-        database = db.engine.url.database if db.is_sqlite else None
-        self._wal = WalFile(database) if database and database != ":memory:" else None
+        self._wal: WalFile | None = None  # set on connecting to an SQLite database file
         self._on_commit = on_commit
         self._max_batch = max_batch
         self._threads: list[threading.Thread] = []
@@ -223,9 +222,8 @@ class InboxWriter:
             return
         self._running = True
         targets: list[tuple[Callable[[], None], str]] = [(self._run, "inbox-writer")]
-        if self._wal is not None:
-            targets.append((self._sync_loop, "inbox-syncer"))
         if self._db.is_sqlite:
+            targets.append((self._sync_loop, "inbox-syncer"))
             targets.append((self._checkpoint_loop, "inbox-checkpointer"))
         for target, name in targets:
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -289,37 +287,39 @@ class InboxWriter:
         self._queue.put((delivery, future, loop))
         await future
 
-    def _run(self) -> None:
+    def _consume(self, source: queue.SimpleQueue[Any], handle: Callable[[list[Any]], None]) -> None:
+        """Hand whatever has queued up to ``handle``, until told to stop."""
         stopping = False
         while not stopping:
-            first = self._queue.get()
+            first = source.get()
             if first is _STOP:
                 break
-            batch, stopping = _take(self._queue, first, self._max_batch)
-            self._commit(batch)
+            items, stopping = _take(source, first, self._max_batch)
+            handle(items)
+
+    def _run(self) -> None:
+        self._consume(self._queue, self._commit)
         self._committed.put(_STOP)
 
     def _sync_loop(self) -> None:
-        assert self._wal is not None
-        stopping = False
-        while not stopping:
-            first = self._committed.get()
-            if first is _STOP:
-                break
-            batches, stopping = _take(self._committed, first, self._max_batch)
-            error: BaseException | None = None
-            try:
-                self._wal.sync()
-            except OSError as exc:
-                # Committed but perhaps not on disk: no 2xx. Fasten retries; the redelivery
-                # is deduplicated by the event id.
-                log.error("inbox wal sync failed", error_type=type(exc).__name__)
-                self._wal.close()
-                error = InboxUnavailable("database unavailable")
-            for batch in batches:
-                _answer(batch, error)
-            if error is None and self._on_commit is not None:
-                self._on_commit()
+        self._consume(self._committed, self._sync)
+
+    def _sync(self, batches: list[list[_Waiter]]) -> None:
+        wal = self._wal
+        assert wal is not None  # batches are queued here only once it is known
+        error: BaseException | None = None
+        try:
+            wal.sync()
+        except OSError as exc:
+            # Committed but perhaps not on disk: no 2xx. Fasten retries; the redelivery is
+            # deduplicated by the event id.
+            log.error("inbox wal sync failed", error_type=type(exc).__name__)
+            wal.close()
+            error = InboxUnavailable("database unavailable")
+        for batch in batches:
+            _answer(batch, error)
+        if error is None and self._on_commit is not None:
+            self._on_commit()
 
     def _connect(self) -> Any:
         connection = self._db.engine.raw_connection()
@@ -329,10 +329,13 @@ class InboxWriter:
             cursor.execute("PRAGMA wal_autocheckpoint=0")
             # The event-id index is written at random: keep it in memory.
             cursor.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
-            if self._wal is not None:
-                mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise RuntimeError("the inbox needs SQLite's WAL journal mode")
+            # The file SQLite itself opened (resolves relative paths and URI filenames).
+            files = {row[1]: row[2] for row in cursor.execute("PRAGMA database_list")}
+            mode = str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+            if files.get("main") and mode == "wal":
+                if self._wal is not None:
+                    self._wal.close()
+                self._wal = WalFile(files["main"])
                 # Durability comes from the syncer's fdatasync before any answer.
                 cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
