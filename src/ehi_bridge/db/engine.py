@@ -24,6 +24,20 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def sqlite_wal_database(dbapi_connection: Any) -> str | None:
+    """The file of an SQLite connection's main database when it is in WAL mode, as SQLite
+    itself opened it (relative paths and URI filenames resolved); None in memory or in
+    another journal mode. Its WAL is that path plus ``-wal``."""
+    cursor = dbapi_connection.cursor()
+    try:
+        files = {row[1]: row[2] for row in cursor.execute("PRAGMA database_list")}
+        mode = str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+    finally:
+        cursor.close()
+    main = files.get("main")
+    return str(main) if main and mode == "wal" else None
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # New databases only (a no-op once tables exist). 4 KiB pages: every commit writes each

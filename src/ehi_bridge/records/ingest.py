@@ -323,8 +323,8 @@ class _ParserProcess:
         if self._proc.poll() is None:
             self._proc.kill()
         self._proc.wait()
-        self._reader.join()
-        self._out.close()
+        self._reader.join()  # it has read up to the dead child's end of output
+        _discard(self._proc)
         _ready_parser.replenish()
 
 

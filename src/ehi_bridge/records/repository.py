@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Table, delete, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from ehi_bridge.db.engine import Database
+from ehi_bridge.db.engine import Database, sqlite_wal_database
 from ehi_bridge.records.models import IngestError, Resource
 from ehi_bridge.records.seen import SeenKeys
 
@@ -172,8 +172,8 @@ class ResourceWriter:
         # With 4 KiB pages the default 2 MiB cache keeps too few index pages: they are
         # re-read from the WAL for every batch.
         self.conn.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_INGEST_CACHE_KIB}")
-        database = self.conn.engine.url.database
-        if database and database != ":memory:" and not database.startswith("file:"):
+        database = sqlite_wal_database(self.conn.connection.dbapi_connection)
+        if database is not None:
             # Checkpoints (WAL → database file: a read and a write of every page, and an
             # fsync) run on their own connection and thread, beside the writing instead of
             # inside its commits; this connection does not checkpoint meanwhile.
@@ -398,7 +398,7 @@ class WalCheckpointer:
                 self._checkpointed = True
             return
         if not self._checkpointed and frames < self._start:
-            return  # a small WAL so far: left to SQLite's own auto-checkpoint, as before
+            return  # a small WAL so far: checkpointed after the ingest, by SQLite's own
         with self._cond:
             self._wanted = True
             self._checkpointed = True

@@ -29,7 +29,7 @@ from typing import Any
 
 import structlog
 
-from ehi_bridge.db.engine import Database
+from ehi_bridge.db.engine import Database, sqlite_wal_database
 from ehi_bridge.webhooks.models import InboxEvent, InboxStatus
 
 log = structlog.get_logger(__name__)
@@ -329,13 +329,11 @@ class InboxWriter:
             cursor.execute("PRAGMA wal_autocheckpoint=0")
             # The event-id index is written at random: keep it in memory.
             cursor.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
-            # The file SQLite itself opened (resolves relative paths and URI filenames).
-            files = {row[1]: row[2] for row in cursor.execute("PRAGMA database_list")}
-            mode = str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower()
-            if files.get("main") and mode == "wal":
+            database = sqlite_wal_database(connection)
+            if database is not None:
                 if self._wal is not None:
                     self._wal.close()
-                self._wal = WalFile(files["main"])
+                self._wal = WalFile(database)
                 # Durability comes from the syncer's fdatasync before any answer.
                 cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
