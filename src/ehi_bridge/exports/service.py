@@ -2,6 +2,9 @@
 
 The durable ordering (request → wait for the deadline → poll; success → download → ingest
 → reconcile → notify) lives in ``exports/tasks.py``; this module holds what each step does.
+An alert is recorded in the transaction that makes the change it reports, so a crash after
+that commit cannot lose it (a repeated step finds the change made and raises nothing);
+the sinks are sent to once the transaction commits.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import orjson
 import structlog
 from sqlalchemy.exc import IntegrityError
 
+from ehi_bridge.alerts.service import raise_alert
 from ehi_bridge.config import Mode, Settings
 from ehi_bridge.connections import repository as connections_repo
 from ehi_bridge.connections.models import Connection
@@ -25,7 +29,6 @@ from ehi_bridge.exports.models import Export
 from ehi_bridge.exports.state import ExportEvent, ExportStatus
 from ehi_bridge.webhooks import repository as inbox_repo
 from ehi_bridge.webhooks import schemas
-from ehi_bridge.webhooks.service import AlertRequest
 
 log = structlog.get_logger(__name__)
 
@@ -123,19 +126,22 @@ def record_task(db: Database, settings: Settings, target: RequestTarget, task_id
     return max(0.0, (deadline - utcnow()).total_seconds())
 
 
-def request_failed(db: Database, export_id: int, reason: str) -> AlertRequest | None:
+def request_failed(db: Database, settings: Settings, export_id: int, reason: str) -> bool:
     with db.session() as session:
         export = exports_repo.get(session, export_id, for_update=True)
         if export is None or not exports_repo.move(export, ExportEvent.FAILED):
-            return None
+            return False
         export.failure_reason = "request_failed"
         export.last_error = reason[:500]
-        return AlertRequest(
+        raise_alert(
+            session,
+            settings,
             kind="export_failed",
             dedup_key=f"export_failed:{export.id}",
             message=f"Export {export.id} could not be requested from Fasten ({reason})",
             context={"export_id": export.id, "connection_id": export.connection_id},
         )
+        return True
 
 
 # --- the deadline -----------------------------------------------------------------------
@@ -152,34 +158,42 @@ def deadline_task(db: Database, export_id: int) -> tuple[str, Mode] | None:
         return (export.task_id or "", mode)
 
 
-def deadline_passed(db: Database, export_id: int, remote_status: str | None) -> AlertRequest | None:
+def deadline_passed(
+    db: Database, settings: Settings, export_id: int, remote_status: str | None
+) -> bool:
     """Still no webhook at the deadline: failed if Fasten says so, else timed out."""
     with db.session() as session:
         export = exports_repo.get(session, export_id, for_update=True)
         if export is None:
-            return None
+            return False
         if remote_status == "failed" and exports_repo.move(export, ExportEvent.FAILED):
             export.failure_reason = export.failure_reason or "suppressed_please_contact"
-            return AlertRequest(
+            raise_alert(
+                session,
+                settings,
                 kind="export_failed",
                 dedup_key=f"export_failed:{export.id}",
                 message=f"Export {export.id} failed (found by status poll at the deadline)",
                 context={"export_id": export.id, "connection_id": export.connection_id},
             )
+            return True
         if not exports_repo.move(export, ExportEvent.DEADLINE_PASSED):
-            return None
+            return False
         note = (
             "Fasten reports success but no webhook arrived"
             if remote_status == "success"
             else f"Fasten status: {remote_status or 'unknown'}"
         )
         export.last_error = note
-        return AlertRequest(
+        raise_alert(
+            session,
+            settings,
             kind="export_timed_out",
             dedup_key=f"export_timed_out:{export.id}",
             message=f"Export {export.id} has not arrived by its deadline. {note}",
             context={"export_id": export.id, "connection_id": export.connection_id},
         )
+        return True
 
 
 # --- download and ingest ----------------------------------------------------------------
@@ -235,46 +249,59 @@ def record_download_attempt(db: Database, export_id: int, error: str) -> None:
             export.last_error = error[:500]
 
 
-def file_gone(db: Database, export_id: int) -> AlertRequest | None:
+def file_gone(db: Database, settings: Settings, export_id: int) -> bool:
     with db.session() as session:
         export = exports_repo.get(session, export_id, for_update=True)
         if export is None or not exports_repo.move(export, ExportEvent.FILE_GONE):
-            return None
-        return AlertRequest(
+            return False
+        raise_alert(
+            session,
+            settings,
             kind="export_expired",
             dedup_key=f"export_expired:{export.id}",
             message=f"Export {export.id}'s file expired before it could be downloaded",
             context={"export_id": export.id, "connection_id": export.connection_id},
         )
+        return True
 
 
-def download_refused(db: Database, export_id: int, host: str) -> AlertRequest | None:
+def download_refused(db: Database, settings: Settings, export_id: int, host: str) -> bool:
     with db.session() as session:
         export = exports_repo.get(session, export_id, for_update=True)
         if export is None or not exports_repo.move(export, ExportEvent.DOWNLOAD_REFUSED):
-            return None
+            return False
         export.failure_reason = "download_refused"
-        return AlertRequest(
+        raise_alert(
+            session,
+            settings,
             kind="download_refused",
             dedup_key=f"download_refused:{export.id}",
             message=f"Export {export.id}: download link host {host!r} is not on the allow-list",
-            context={"export_id": export.id, "connection_id": export.connection_id, "host": host},
+            context={
+                "export_id": export.id,
+                "connection_id": export.connection_id,
+                "host": host,
+            },
         )
+        return True
 
 
-def download_failed(db: Database, export_id: int, error: str) -> AlertRequest | None:
+def download_failed(db: Database, settings: Settings, export_id: int, error: str) -> bool:
     with db.session() as session:
         export = exports_repo.get(session, export_id, for_update=True)
         if export is None or not exports_repo.move(export, ExportEvent.DOWNLOAD_REFUSED):
-            return None
+            return False
         export.failure_reason = "download_failed"
         export.last_error = error[:500]
-        return AlertRequest(
+        raise_alert(
+            session,
+            settings,
             kind="export_failed",
             dedup_key=f"export_failed:{export.id}",
             message=f"Export {export.id}: the file could not be downloaded ({error})",
             context={"export_id": export.id, "connection_id": export.connection_id},
         )
+        return True
 
 
 def ingest_inputs(
@@ -288,17 +315,17 @@ def ingest_inputs(
 
 
 def record_ingest(
-    db: Database, export_id: int, report: dict[str, object], complete: bool
-) -> AlertRequest | None:
+    db: Database, settings: Settings, export_id: int, report: dict[str, object], complete: bool
+) -> bool:
     with db.session() as session:
         export = exports_repo.get(session, export_id, for_update=True)
         if export is None:
-            return None
+            return False
         moved = exports_repo.move(
             export, ExportEvent.INGESTED_COMPLETE if complete else ExportEvent.INGESTED_PARTIAL
         )
         if not moved:
-            return None
+            return False
         export.report = report
         resources = report.get("resources")
         export.ingested_total = resources if isinstance(resources, int) else None
@@ -306,13 +333,16 @@ def record_ingest(
         export.ingested_by_type = by_type if isinstance(by_type, dict) else None
         export.completed_at = utcnow()
         if complete:
-            return None
-        return AlertRequest(
+            return True
+        raise_alert(
+            session,
+            settings,
             kind="ingest_partial",
             dedup_key=f"ingest_partial:{export.id}",
             message=f"Export {export.id} ingested with differences from Fasten's counts",
             context={"export_id": export.id, "connection_id": export.connection_id},
         )
+        return True
 
 
 def rerequest_after_expiry(db: Database, settings: Settings, export_id: int) -> int | None:

@@ -16,7 +16,6 @@ from dbos import DBOS, SetWorkflowID
 from ehi_bridge import runtime
 from ehi_bridge.config import Mode
 from ehi_bridge.exports import service
-from ehi_bridge.webhooks.service import AlertRequest
 
 log = structlog.get_logger(__name__)
 
@@ -36,11 +35,6 @@ def raise_alert_now(kind: str, dedup_key: str, message: str, context: dict[str, 
         )
     except Exception as exc:
         log.error("alert could not be raised", kind=kind, error_type=type(exc).__name__)
-
-
-def _alert(alert: AlertRequest | None) -> None:
-    if alert is not None:
-        raise_alert_now(alert.kind, alert.dedup_key, alert.message, alert.context)
 
 
 @DBOS.step()
@@ -137,7 +131,8 @@ def _request_step(export_id: int) -> dict[str, Any]:
 
 @DBOS.step()
 def _request_failed_step(export_id: int, error: str) -> None:
-    _alert(service.request_failed(runtime.current().db, export_id, error))
+    rt = runtime.current()
+    service.request_failed(rt.db, rt.settings, export_id, error)
 
 
 @DBOS.step()
@@ -160,7 +155,7 @@ def _deadline_step(export_id: int) -> None:
             remote = asyncio.run(poll())
         except Exception as exc:
             log.warning("status poll failed", export_id=export_id, error_type=type(exc).__name__)
-    _alert(service.deadline_passed(rt.db, export_id, remote))
+    service.deadline_passed(rt.db, rt.settings, export_id, remote)
 
 
 @DBOS.workflow()
@@ -202,7 +197,7 @@ def _download_step(export_id: int) -> dict[str, Any]:
     try:
         size = asyncio.run(fetch())
     except DownloadRefused as exc:
-        _alert(service.download_refused(rt.db, export_id, getattr(exc, "host", "?")))
+        service.download_refused(rt.db, rt.settings, export_id, getattr(exc, "host", "?"))
         return {"outcome": "refused"}
     except ExportFileGone:
         return {"outcome": "gone"}
@@ -215,13 +210,14 @@ def _download_step(export_id: int) -> dict[str, Any]:
 
 @DBOS.step()
 def _download_failed_step(export_id: int, error: str) -> None:
-    _alert(service.download_failed(runtime.current().db, export_id, error))
+    rt = runtime.current()
+    service.download_failed(rt.db, rt.settings, export_id, error)
 
 
 @DBOS.step()
 def _expired_step(export_id: int) -> int | None:
     rt = runtime.current()
-    _alert(service.file_gone(rt.db, export_id))
+    service.file_gone(rt.db, rt.settings, export_id)
     return service.rerequest_after_expiry(rt.db, rt.settings, export_id)
 
 
@@ -243,7 +239,7 @@ def _ingest_step(export_id: int) -> str:
         expected_total=expected_total,
         expected_by_type=expected_by_type,
     )
-    _alert(service.record_ingest(rt.db, export_id, report.as_dict(), report.complete))
+    service.record_ingest(rt.db, rt.settings, export_id, report.as_dict(), report.complete)
     path.unlink(missing_ok=True)
     return "complete" if report.complete else "partial"
 
