@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, defer
 from ehi_bridge.connections.models import Connection
 from ehi_bridge.exports.models import Export
 from ehi_bridge.records.models import Resource
+from ehi_bridge.webhooks import repository as inbox_repo
 from ehi_bridge.webhooks.models import InboxEvent
 
 TIMELINE_LIMIT = 500
@@ -139,15 +140,8 @@ def connection_ids_for_user(session: Session, external_id: str) -> list[str]:
 
 
 def timeline(session: Session, org_connection_id: str) -> list[InboxEvent]:
-    return list(
-        session.scalars(
-            select(InboxEvent)
-            .options(defer(InboxEvent.body), defer(InboxEvent.last_error))
-            .where(InboxEvent.org_connection_id == org_connection_id)
-            .order_by(InboxEvent.id.desc())
-            .limit(TIMELINE_LIMIT)
-        )
-    )
+    query = select(InboxEvent).options(defer(InboxEvent.body), defer(InboxEvent.last_error))
+    return inbox_repo.newest_of_org_connection(session, query, org_connection_id, TIMELINE_LIMIT)
 
 
 def list_events(

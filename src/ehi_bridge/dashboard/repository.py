@@ -21,6 +21,7 @@ from ehi_bridge.alerts.models import Alert
 from ehi_bridge.connections.models import Connection
 from ehi_bridge.exports.models import Export
 from ehi_bridge.records.models import IngestError, Resource
+from ehi_bridge.webhooks import repository as inbox_repo
 from ehi_bridge.webhooks.models import InboxEvent
 
 # Status words shared with the inbox and export workflows (kept as plain strings here so the
@@ -240,15 +241,11 @@ def find_connection(session: Session, key: str) -> Connection | None:
 def connection_events(
     session: Session, org_connection_id: str | None, limit: int = 100
 ) -> Sequence[InboxEvent]:
-    """``ix_inbox_events_org_connection_id``."""
     if not org_connection_id:
         return []
-    return session.scalars(
-        select(InboxEvent)
-        .where(InboxEvent.org_connection_id == org_connection_id)
-        .order_by(InboxEvent.id.desc())
-        .limit(limit)
-    ).all()
+    return inbox_repo.newest_of_org_connection(
+        session, select(InboxEvent), org_connection_id, limit
+    )
 
 
 def connection_exports(session: Session, connection_id: str, limit: int = 20) -> Sequence[Export]:
@@ -358,17 +355,22 @@ def list_events(
     session: Session, filters: EventFilter, before_id: int | None, limit: int = 50
 ) -> tuple[Sequence[InboxEvent], int | None]:
     """Newest first, keyset on id: the primary key, ``ix_inbox_events_status_id`` with a
-    status filter, ``ix_inbox_events_org_connection_id`` / ``…_event_type`` otherwise."""
+    status filter, ``ix_inbox_events_org_connection_id`` (see ``newest_of_org_connection``)
+    / ``…_event_type`` otherwise."""
     stmt = select(InboxEvent)
     if filters.event_type:
         stmt = stmt.where(InboxEvent.event_type == filters.event_type)
     if filters.status:
         stmt = stmt.where(InboxEvent.status == filters.status)
-    if filters.org_connection_id:
-        stmt = stmt.where(InboxEvent.org_connection_id == filters.org_connection_id)
     if before_id is not None:
         stmt = stmt.where(InboxEvent.id < before_id)
-    rows = session.scalars(stmt.order_by(InboxEvent.id.desc()).limit(limit + 1)).all()
+    rows: Sequence[InboxEvent]
+    if filters.org_connection_id:
+        rows = inbox_repo.newest_of_org_connection(
+            session, stmt, filters.org_connection_id, limit + 1
+        )
+    else:
+        rows = session.scalars(stmt.order_by(InboxEvent.id.desc()).limit(limit + 1)).all()
     if len(rows) > limit:
         return rows[:limit], rows[limit - 1].id
     return rows, None

@@ -350,11 +350,17 @@ class InboxWriter:
                 # start the WAL over.
                 self._tail_due.clear()
                 cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            if self._db.is_sqlite:
-                cursor.execute("BEGIN IMMEDIATE")
-            for sql, params in chunks:
-                cursor.execute(sql, params)
-            connection.commit()
+            if self._db.is_sqlite and len(chunks) == 1:
+                # Autocommit: the statement is its own transaction, committed inside the
+                # same sqlite3_step. BEGIN and COMMIT would each hand the GIL back and
+                # forth once more with the event loop, on every batch's critical path.
+                cursor.execute(*chunks[0])
+            else:
+                if self._db.is_sqlite:
+                    cursor.execute("BEGIN IMMEDIATE")
+                for sql, params in chunks:
+                    cursor.execute(sql, params)
+                connection.commit()
             self._commits += 1
         except BaseException:
             with contextlib.suppress(Exception):

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, text, update
 from sqlalchemy.orm import Session
 
-from ehi_bridge.webhooks.models import InboxEvent, InboxStatus
+from ehi_bridge.webhooks.models import HANDED_ON, InboxEvent, InboxStatus
 
 
 def get(session: Session, inbox_id: int, *, for_update: bool = False) -> InboxEvent | None:
@@ -71,3 +71,24 @@ def oldest_unprocessed_received_at(session: Session) -> datetime | None:
 def body_of(session: Session, event_id: str) -> bytes | None:
     """The raw body of the event with this envelope id."""
     return session.scalar(select(InboxEvent.body).where(InboxEvent.event_id == event_id))
+
+
+def newest_of_org_connection(
+    session: Session, query: Select[InboxEvent], org_connection_id: str, limit: int
+) -> list[InboxEvent]:
+    """``query``'s rows of one Fasten connection, newest first, at most ``limit``.
+
+    ``ix_inbox_events_org_connection_id`` holds only rows past ``received`` (the webhook
+    answer does not wait for it); the rows still ``received`` — the short backlog the
+    dispatcher has not handed on yet — are found through ``ix_inbox_events_status_id``.
+    The condition is the index's own SQL text, so both databases' planners can use it.
+    """
+    of_connection = query.where(InboxEvent.org_connection_id == org_connection_id)
+    newest = InboxEvent.id.desc()
+    handed_on = of_connection.where(text(HANDED_ON)).order_by(newest).limit(limit)
+    waiting = (
+        of_connection.where(InboxEvent.status == InboxStatus.RECEIVED).order_by(newest).limit(limit)
+    )
+    rows = [*session.scalars(handed_on), *session.scalars(waiting)]
+    rows.sort(key=lambda row: row.id, reverse=True)
+    return rows[:limit]

@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-11-22 07:43:42.395628
+Create Date: 2026-12-02 04:36:36.144436
 """
 
 from collections.abc import Sequence
@@ -171,7 +171,11 @@ def upgrade() -> None:
             batch_op.f("ix_inbox_events_event_type"), ["event_type"], unique=False
         )
         batch_op.create_index(
-            batch_op.f("ix_inbox_events_org_connection_id"), ["org_connection_id"], unique=False
+            "ix_inbox_events_org_connection_id",
+            ["org_connection_id"],
+            unique=False,
+            sqlite_where=sa.text("status != 'received'"),
+            postgresql_where=sa.text("status != 'received'"),
         )
         batch_op.create_index(
             batch_op.f("ix_inbox_events_received_at"), ["received_at"], unique=False
@@ -305,7 +309,11 @@ def downgrade() -> None:
     with op.batch_alter_table("inbox_events", schema=None) as batch_op:
         batch_op.drop_index("ix_inbox_events_status_id")
         batch_op.drop_index(batch_op.f("ix_inbox_events_received_at"))
-        batch_op.drop_index(batch_op.f("ix_inbox_events_org_connection_id"))
+        batch_op.drop_index(
+            "ix_inbox_events_org_connection_id",
+            sqlite_where=sa.text("status != 'received'"),
+            postgresql_where=sa.text("status != 'received'"),
+        )
         batch_op.drop_index(batch_op.f("ix_inbox_events_event_type"))
 
     op.drop_table("inbox_events")
