@@ -72,6 +72,7 @@ def serve(
 
     from ehi_bridge.db.migrate import ensure_schema
     from ehi_bridge.server import Service
+    from ehi_bridge.webhooks.http_protocol import WebhookHttpProtocol
 
     if workers > 1 and background:
         raise typer.BadParameter("--workers > 1 needs --no-background and an `ehi-bridge worker`")
@@ -91,7 +92,7 @@ def serve(
             host=host,
             port=port,
             loop="uvloop",
-            http="httptools",
+            http=WebhookHttpProtocol,
             lifespan="on",
             access_log=False,
             proxy_headers=False,
