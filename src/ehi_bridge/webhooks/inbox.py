@@ -239,10 +239,7 @@ class InboxWriter:
         for thread in self._threads:
             thread.join(timeout=30)
         self._threads = []
-        if self._connection is not None:
-            with contextlib.suppress(Exception):
-                self._connection.close()
-            self._connection = None
+        self._discard_connection()
         if self._wal is not None:
             self._wal.close()
 
@@ -323,20 +320,28 @@ class InboxWriter:
 
     def _connect(self) -> Any:
         connection = self._db.engine.raw_connection()
-        if self._db.is_sqlite:
-            cursor = connection.cursor()
-            # Checkpoints run in their own thread, off the commit path (p99 latency).
-            cursor.execute("PRAGMA wal_autocheckpoint=0")
-            # The event-id index is written at random: keep it in memory.
-            cursor.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
-            database = sqlite_wal_database(connection)
-            if database is not None:
-                if self._wal is not None:
-                    self._wal.close()
-                self._wal = WalFile(database)
-                # Durability comes from the syncer's fdatasync before any answer.
-                cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
+        # The writer's own connection, in autocommit (``_write``): out of the pool, so that
+        # mode never reaches a session.
+        connection.detach()
+        if not self._db.is_sqlite:
+            dbapi_connection = connection.dbapi_connection
+            assert dbapi_connection is not None  # just checked out
+            dbapi_connection.autocommit = True
+            return connection
+        # pysqlite connections of this engine are in autocommit already.
+        cursor = connection.cursor()
+        # Checkpoints run in their own thread, off the commit path (p99 latency).
+        cursor.execute("PRAGMA wal_autocheckpoint=0")
+        # The event-id index is written at random: keep it in memory.
+        cursor.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
+        database = sqlite_wal_database(connection)
+        if database is not None:
+            if self._wal is not None:
+                self._wal.close()
+            self._wal = WalFile(database)
+            # Durability comes from the syncer's fdatasync before any answer.
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
         return connection
 
     def _write(self, chunks: list[tuple[str, list[Any]]]) -> None:
@@ -350,17 +355,16 @@ class InboxWriter:
                 # start the WAL over.
                 self._tail_due.clear()
                 cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            if self._db.is_sqlite and len(chunks) == 1:
-                # Autocommit: the statement is its own transaction, committed inside the
-                # same sqlite3_step. BEGIN and COMMIT would each hand the GIL back and
-                # forth once more with the event loop, on every batch's critical path.
+            if len(chunks) == 1:
+                # Autocommit: the statement is its own transaction. On SQLite it commits in
+                # the same sqlite3_step (BEGIN and COMMIT would each hand the GIL back and
+                # forth with the event loop once more); on PostgreSQL it is one round trip.
                 cursor.execute(*chunks[0])
             else:
-                if self._db.is_sqlite:
-                    cursor.execute("BEGIN IMMEDIATE")
+                cursor.execute("BEGIN IMMEDIATE" if self._db.is_sqlite else "BEGIN")
                 for sql, params in chunks:
                     cursor.execute(sql, params)
-                connection.commit()
+                cursor.execute("COMMIT")
             self._commits += 1
         except BaseException:
             with contextlib.suppress(Exception):
@@ -372,7 +376,7 @@ class InboxWriter:
     def _discard_connection(self) -> None:
         if self._connection is not None:
             with contextlib.suppress(Exception):
-                self._connection.invalidate()
+                self._connection.close()  # detached: closes the DBAPI connection
             self._connection = None
 
     def _commit(self, batch: list[_Waiter]) -> None:
