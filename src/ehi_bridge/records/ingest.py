@@ -39,7 +39,8 @@ from sqlalchemy import RootTransaction
 from ehi_bridge.db.base import utcnow
 from ehi_bridge.db.engine import Database
 from ehi_bridge.records.parse_worker import FRAME_HEADER, write_frame
-from ehi_bridge.records.repository import Key, ResourceWriter, RunJournal
+from ehi_bridge.records.repository import ResourceWriter, RunJournal
+from ehi_bridge.records.seen import Key
 
 log = structlog.get_logger(__name__)
 

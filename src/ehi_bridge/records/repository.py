@@ -28,12 +28,10 @@ from sqlalchemy.orm import Session
 
 from ehi_bridge.db.engine import Database, sqlite_wal_database
 from ehi_bridge.records.models import IngestError, Resource
-from ehi_bridge.records.seen import SeenKeys
+from ehi_bridge.records.seen import LOOKUP_CHUNK, Key
 
 RESOURCES = cast(Table, Resource.__table__)
 ERRORS = cast(Table, IngestError.__table__)
-Key = tuple[str, str]  # (resource_type, resource_id)
-__all__ = ["Key", "ResourceWriter", "RunJournal", "SeenKeys", "StoredState"]
 
 # Column order of every row the ingest writes.
 WRITE_COLUMNS: Final = (
@@ -72,7 +70,6 @@ _PG_TYPES: Final = [
     "bool",
 ]
 _STAGE_TABLE: Final = "ehi_ingest_stage"
-_LOOKUP_CHUNK: Final = 400  # keys per SELECT … IN (…): well under any bind-parameter limit
 SQLITE_INGEST_CHECKPOINT: Final = 65536  # pages: 256 MiB of WAL at 4 KiB a page
 SQLITE_INGEST_CHECKPOINT_FROM: Final = 8192  # no background checkpoint below ~32 MiB
 SQLITE_INGEST_CACHE_KIB: Final = 16 * 1024  # page cache of the writing connection
@@ -258,8 +255,8 @@ class ResourceWriter:
         """Stored hash, version and ingested_at of those keys that exist."""
         wanted = list(keys)
         found: dict[Key, StoredState] = {}
-        for start in range(0, len(wanted), _LOOKUP_CHUNK):
-            chunk = wanted[start : start + _LOOKUP_CHUNK]
+        for start in range(0, len(wanted), LOOKUP_CHUNK):
+            chunk = wanted[start : start + LOOKUP_CHUNK]
             query = select(
                 Resource.resource_type,
                 Resource.resource_id,
@@ -426,7 +423,7 @@ class RunJournal:
 
     Needed only when a key occurs more than once in one file: the last occurrence wins and
     the version / counts are judged against what was stored before the run. Bounded
-    memory like :class:`SeenKeys`.
+    memory like :class:`~ehi_bridge.records.seen.SeenKeys`.
     """
 
     def __init__(self) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Final
 
 Key = tuple[str, str]  # (resource_type, resource_id)
-_LOOKUP_CHUNK: Final = 400  # keys per SELECT … IN (…): well under any bind-parameter limit
+LOOKUP_CHUNK: Final = 400  # keys per SELECT … IN (…): well under any bind-parameter limit
 
 
 class SeenKeys:
@@ -47,8 +47,8 @@ class SeenKeys:
         earlier: set[Key] = set()
         if added != len(distinct):  # some keys occurred in an earlier batch: which ones
             wanted = list(distinct)
-            for start in range(0, len(wanted), _LOOKUP_CHUNK):
-                chunk = wanted[start : start + _LOOKUP_CHUNK]
+            for start in range(0, len(wanted), LOOKUP_CHUNK):
+                chunk = wanted[start : start + LOOKUP_CHUNK]
                 marks = ", ".join("(?, ?)" for _ in chunk)
                 params = [value for key in chunk for value in key]
                 earlier.update(
