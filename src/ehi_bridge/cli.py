@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import typer
 
@@ -68,8 +68,11 @@ def serve(
     ),
 ) -> None:
     """Run the web service (webhooks, API, dashboard) and background processing."""
-    import uvicorn
 
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    from ehi_bridge.background.executor_lock import ExecutorIdInUse, ExecutorLock
     from ehi_bridge.db.migrate import ensure_schema
     from ehi_bridge.server import Service
     from ehi_bridge.webhooks.http_protocol import WebhookHttpProtocol
@@ -77,30 +80,50 @@ def serve(
     if workers > 1 and background:
         raise typer.BadParameter("--workers > 1 needs --no-background and an `ehi-bridge worker`")
     settings = _settings()
-    ensure_schema(settings.resolved_database_url)
-    app_target: Any = (
-        "ehi_bridge.server:web_only_app"
-        if workers > 1
-        else Service(settings, background=background)
+    config = uvicorn.Config(
+        "ehi_bridge.server:web_only_app",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http=WebhookHttpProtocol,
+        lifespan="on",
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+        log_config=None,
+        timeout_graceful_shutdown=10,
     )
+    # The port first: a process that cannot serve must not migrate or recover anything.
+    try:
+        sock = config.bind_socket()
+    except SystemExit:
+        typer.echo(f"error: cannot listen on {host}:{port} (in use?)", err=True)
+        _exit_now(1)
+    lock = None
+    if background:
+        lock = ExecutorLock(settings.resolved_database_url, settings.executor_id)
+        try:
+            lock.acquire(wait_seconds=15.0)
+        except ExecutorIdInUse as exc:
+            typer.echo(f"error: {exc}", err=True)
+            _exit_now(1)
+    ensure_schema(settings.resolved_database_url)
+    started = True
     # uvicorn re-raises Ctrl-C after its graceful shutdown.
     with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.run(
-            app_target,
-            factory=workers > 1,
-            workers=workers,
-            host=host,
-            port=port,
-            loop="uvloop",
-            http=WebhookHttpProtocol,
-            lifespan="on",
-            access_log=False,
-            proxy_headers=False,
-            server_header=False,
-            log_config=None,
-            timeout_graceful_shutdown=10,
-        )
-    _exit_now(0)
+        if workers > 1:
+            Multiprocess(config, sockets=[sock]).run()
+        else:
+            config.app = Service(settings, background=background)
+            config.factory = False
+            server = uvicorn.Server(config)
+            server.run(sockets=[sock])
+            started = server.started
+    if lock is not None:
+        lock.release()
+    _exit_now(0 if started else 3)
 
 
 @app.command()

@@ -52,6 +52,26 @@ class Settings(BaseSettings):
     signature_failure_alert_window_seconds: float = 60.0
     event_max_attempts: int = 5
     event_retry_interval_seconds: float = 1.0
+    apply_batch_size: int = Field(
+        default=256, ge=1, le=5000, description="Inbox events applied per transaction"
+    )
+
+    background_process: bool = Field(
+        default=True,
+        description="serve runs its background work in a child process (lower priority)",
+    )
+    fasten_requests_per_second: float = Field(
+        default=20.0, ge=0, description="Cap on export requests to Fasten per process (0: none)"
+    )
+    fasten_request_concurrency: int = Field(default=8, ge=1)
+    download_concurrency: int = Field(default=8, ge=1)
+    ingest_concurrency: int = Field(default=2, ge=1)
+    sweep_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often deadlines and stalls are checked"
+    )
+    export_stall_minutes: float = Field(
+        default=10, gt=0, description="An export our side has not moved for this long is alerted"
+    )
 
     auto_request_export: bool = True
     export_deadline_minutes: float = 30

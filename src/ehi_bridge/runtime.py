@@ -1,36 +1,65 @@
-"""The background runtime: DBOS Transact for durable work, plus the inbox dispatcher.
+"""The background runtime: the inbox applier, the outbox launcher and the sweep.
 
-Roles: ``serve`` runs the web receiver and the runtime in one process; ``worker`` runs the
-runtime alone (scale-out on PostgreSQL). Every process needs a stable, unique
-``EHI_EXECUTOR_ID`` so DBOS recovers exactly its own unfinished workflows after a crash,
-and all processes of one release share the pinned application version.
+Roles: ``serve`` runs it in a child process (``background/child.py``), ``worker`` runs it
+alone (scale-out on PostgreSQL). Every process needs a stable, unique ``EHI_EXECUTOR_ID``
+so DBOS recovers exactly its own unfinished workflows after a crash; the executor lock
+refuses a second live process with the same id.
 
-The dispatcher moves committed inbox rows into DBOS: for each ``received`` row it enqueues
-``apply_event_workflow`` under the workflow id ``apply-{row}-{replays}``; DBOS ignores a
-second enqueue of the same id, so two dispatchers (two processes) cannot double-apply.
+Three threads, none of which sleeps while holding anything:
+- the applier claims due inbox rows and applies a batch per transaction
+  (``webhooks.service.apply_batch``); follow-up work lands in the outbox in that
+  transaction;
+- the launcher starts the outbox's workflows (DBOS, under the row's workflow id, so a
+  crash between start and stamp starts nothing twice) and runs the sweep every few
+  seconds (deadlines due, stalled exports);
+- DBOS's own event loop runs the export workflows as coroutines.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from dbos import DBOS, DBOSConfig, SetWorkflowID
 from sqlalchemy import create_engine, event
 
 from ehi_bridge import __version__
+from ehi_bridge.background.context import BackgroundContext, install
+from ehi_bridge.background.executor_lock import ExecutorLock
+from ehi_bridge.background.limits import StageLimits
 from ehi_bridge.config import Settings
+from ehi_bridge.connections.tasks import verify_connection_workflow
+from ehi_bridge.db.base import utcnow
 from ehi_bridge.db.engine import Database, is_sqlite, normalize_url
+from ehi_bridge.exports import service as exports_service
+from ehi_bridge.exports.tasks import (
+    cancel_export_workflow,
+    export_deadline_workflow,
+    ingest_export_workflow,
+    request_export_workflow,
+)
+from ehi_bridge.outbox import repository as outbox_repo
+from ehi_bridge.outbox.models import OutboxKind
 from ehi_bridge.records.ingest import keep_parser_ready, stop_ready_parser
 from ehi_bridge.webhooks import repository as inbox_repo
+from ehi_bridge.webhooks.service import apply_batch
 
 log = structlog.get_logger(__name__)
 
-EVENTS_QUEUE = "ehi-events"
-EXPORTS_QUEUE = "ehi-exports"
-DISPATCH_BATCH = 200
+LAUNCH_BATCH = 200
+IDLE_POLL_SECONDS = 0.05
+
+WORKFLOWS: dict[str, tuple[Callable[[Any], Coroutine[Any, Any, str]], Callable[[str], Any]]] = {
+    OutboxKind.REQUEST_EXPORT: (request_export_workflow, int),
+    OutboxKind.INGEST_EXPORT: (ingest_export_workflow, int),
+    OutboxKind.EXPORT_DEADLINE: (export_deadline_workflow, int),
+    OutboxKind.CANCEL_EXPORT: (cancel_export_workflow, int),
+    OutboxKind.VERIFY_CONNECTION: (verify_connection_workflow, str),
+}
 
 
 @dataclass
@@ -38,87 +67,102 @@ class Runtime:
     settings: Settings
     db: Database
     heartbeat: float = field(default_factory=time.monotonic)
-    _wake: threading.Event = field(default_factory=threading.Event)
+    _wake_applier: threading.Event = field(default_factory=threading.Event)
+    _wake_launcher: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    lock_held_by_parent: bool = False
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: ExecutorLock | None = None
 
     def wake(self) -> None:
-        """Called after an inbox commit: there may be new rows to dispatch."""
-        self._wake.set()
+        """New inbox rows may be waiting (the applier also polls)."""
+        self._wake_applier.set()
 
     def seconds_since_heartbeat(self) -> float:
         return time.monotonic() - self.heartbeat
 
     def start(self) -> None:
-        global _current
-        _current = self
+        if not self.lock_held_by_parent:
+            self._lock = ExecutorLock(
+                self.settings.resolved_database_url, self.settings.executor_id
+            )
+            self._lock.acquire()
+        limits = StageLimits.from_settings(self.settings)
+        install(BackgroundContext(self.settings, self.db, limits))
         _launch_dbos(self.settings)
         keep_parser_ready()
-        self._thread = threading.Thread(target=self._dispatch_loop, name="dispatcher", daemon=True)
-        self._thread.start()
+        for name, target in (("applier", self._apply_loop), ("launcher", self._launch_loop)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
         log.info("background runtime started", executor_id=self.settings.executor_id)
 
     def stop(self) -> None:
-        global _current
         self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        from dbos import DBOS
-
+        self._wake_applier.set()
+        self._wake_launcher.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
         DBOS.destroy(workflow_completion_timeout_sec=5)
         stop_ready_parser()
-        _current = None
+        install(None)
+        if self._lock is not None:
+            self._lock.release()
 
-    def _dispatch_loop(self) -> None:
+    # --- applier ---------------------------------------------------------------------------
+
+    def _apply_loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(timeout=1.0)
-            self._wake.clear()
             self.heartbeat = time.monotonic()
             try:
-                while self.dispatch_once() == DISPATCH_BATCH and not self._stop.is_set():
-                    pass
-                self.dispatch_requested_exports()
-            except Exception as exc:  # keep dispatching; the rows stay 'received'
-                log.error("dispatch failed", error_type=type(exc).__name__)
+                claimed = self.apply_once() if self._anything_due() else 0
+            except Exception as exc:  # the rows stay due; try again shortly
+                log.error("apply failed", error_type=type(exc).__name__)
                 self._stop.wait(1.0)
+                continue
+            if claimed < self.settings.apply_batch_size:
+                self._wake_applier.wait(IDLE_POLL_SECONDS)
+                self._wake_applier.clear()
 
-    def dispatch_once(self) -> int:
-        from dbos import DBOS, SetWorkflowID
-
-        from ehi_bridge.webhooks.tasks import apply_event_workflow
-
+    def _anything_due(self) -> bool:
         with self.db.read_session() as session:
-            rows = inbox_repo.received_batch(session, DISPATCH_BATCH)
-        if not rows:
-            return 0
-        for inbox_id, replays in rows:
-            with SetWorkflowID(f"apply-{inbox_id}-{replays}"):
-                DBOS.enqueue_workflow(EVENTS_QUEUE, apply_event_workflow, inbox_id)
+            return inbox_repo.any_due(session, utcnow())
+
+    def apply_once(self) -> int:
+        result = apply_batch(self.db, self.settings, limit=self.settings.apply_batch_size)
+        if result.follow_ups:
+            self._wake_launcher.set()
+        return result.claimed
+
+    # --- launcher and sweep ----------------------------------------------------------------
+
+    def _launch_loop(self) -> None:
+        next_sweep = 0.0
+        while not self._stop.is_set():
+            try:
+                while self.launch_once() == LAUNCH_BATCH and not self._stop.is_set():
+                    pass
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self.settings.sweep_interval_seconds
+                    if exports_service.sweep(self.db, self.settings, utcnow()).deadlines:
+                        continue  # launch the deadline checks now
+            except Exception as exc:  # the outbox rows stay; try again shortly
+                log.error("launch failed", error_type=type(exc).__name__)
+                self._stop.wait(1.0)
+                continue
+            self._wake_launcher.wait(1.0)
+            self._wake_launcher.clear()
+
+    def launch_once(self) -> int:
+        """Start the workflows of up to a batch of outbox rows; how many rows there were."""
         with self.db.session() as session:
-            inbox_repo.mark_queued(session, [inbox_id for inbox_id, _ in rows])
-        return len(rows)
-
-    def dispatch_requested_exports(self) -> int:
-        """Exports asked for by the API or CLI (any process) get their workflow here."""
-        from ehi_bridge.exports import repository as exports_repo
-        from ehi_bridge.exports.tasks import start_export
-
-        with self.db.read_session() as session:
-            ids = exports_repo.requested_ids(session, DISPATCH_BATCH)
-        for export_id in ids:
-            start_export(export_id)
-        return len(ids)
-
-
-_current: Runtime | None = None
-
-
-def current() -> Runtime:
-    """The runtime of this process (DBOS workflows are module functions and find it here)."""
-    if _current is None:
-        raise RuntimeError("the background runtime is not running in this process")
-    return _current
+            items = outbox_repo.claim_not_started(session, LAUNCH_BATCH)
+            for item in items:
+                workflow, subject = WORKFLOWS[item.kind]
+                with SetWorkflowID(item.workflow_id):
+                    DBOS.start_workflow(workflow, subject(item.subject))
+            outbox_repo.mark_started(session, [i.workflow_id for i in items], utcnow())
+        return len(items)
 
 
 def _sqlite_system_engine(url: str) -> Any:
@@ -136,12 +180,6 @@ def _sqlite_system_engine(url: str) -> Any:
 
 
 def _launch_dbos(settings: Settings) -> None:
-    from dbos import DBOS, DBOSConfig
-
-    # Workflows must be registered before launch.
-    from ehi_bridge.exports import tasks as _exports_tasks  # noqa: F401
-    from ehi_bridge.webhooks import tasks as _webhook_tasks  # noqa: F401
-
     url = normalize_url(settings.resolved_dbos_database_url)
     config: DBOSConfig = {
         "name": "ehi-bridge",
@@ -155,5 +193,3 @@ def _launch_dbos(settings: Settings) -> None:
         config["system_database_engine"] = _sqlite_system_engine(url)
     DBOS(config=config)
     DBOS.launch()
-    DBOS.register_queue(EVENTS_QUEUE, worker_concurrency=4, polling_interval_sec=0.1)
-    DBOS.register_queue(EXPORTS_QUEUE, worker_concurrency=4, polling_interval_sec=0.5)

@@ -9,6 +9,7 @@ import sys
 import structlog
 
 from ehi_bridge.app import create_api
+from ehi_bridge.background.child import BackgroundChild
 from ehi_bridge.config import Settings
 from ehi_bridge.db.engine import Database
 from ehi_bridge.ops.observe import WebhookObserver
@@ -26,12 +27,16 @@ GIL_SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 class Service:
-    """An ASGI app. With ``background=True`` it also runs DBOS and the dispatcher."""
+    """An ASGI app. With ``background=True`` it also runs the background work: in a child
+    process (``EHI_BACKGROUND_PROCESS``, the default) or in this process."""
 
     def __init__(self, settings: Settings, *, background: bool = True) -> None:
         self.settings = settings
         self.db = Database(settings.resolved_database_url)
-        self.runtime = Runtime(settings, self.db) if background else None
+        in_process = background and not settings.background_process
+        # `serve` holds the executor lock for this process.
+        self.runtime = Runtime(settings, self.db, lock_held_by_parent=True) if in_process else None
+        self.child = BackgroundChild(settings) if background and not in_process else None
         self.writer = InboxWriter(self.db, on_commit=self.runtime.wake if self.runtime else None)
         self.receiver = WebhookReceiver(
             settings, self.writer, observer=WebhookObserver(settings, self.db)
@@ -39,6 +44,14 @@ class Service:
         self.api = create_api(settings, self.db)
         if self.runtime is not None:
             self.api.state.ctx.extras["runtime_heartbeat"] = self.runtime.seconds_since_heartbeat
+        if self.child is not None:
+            self.api.state.ctx.extras["runtime_heartbeat"] = self._child_heartbeat
+
+    def _child_heartbeat(self) -> float | None:
+        child = self.child
+        if child is None or not child.alive():
+            return None
+        return 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(PATH_PREFIX):
@@ -52,6 +65,8 @@ class Service:
         self.writer.start()
         if self.runtime is not None:
             self.runtime.start()
+        if self.child is not None:
+            self.child.start()
         # Everything built so far lives for the whole process: keep it out of the cyclic
         # collector's scans, which otherwise dominate p99 latency.
         gc.collect()
@@ -59,6 +74,8 @@ class Service:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
 
     def stop(self) -> None:
+        if self.child is not None:
+            self.child.stop()
         self.writer.stop()
         if self.runtime is not None:
             self.runtime.stop()

@@ -7,7 +7,6 @@ patient records (resources, their export, an event's body) write an audit row fi
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -70,7 +69,7 @@ Cursor = Annotated[
 OptIdent = Annotated[Ident | None, Query()]
 RowId = Annotated[int, Path(ge=1, le=MAX_ID)]
 PathIdent = Annotated[str, Path(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$")]
-EventStatus = Literal["received", "queued", "applied", "ignored", "parked"]
+EventStatus = Literal["received", "retry", "applied", "ignored", "parked"]
 
 
 def _bad_request(detail: str) -> HTTPException:
@@ -253,15 +252,6 @@ def get_export(session: ReadSession, export_id: RowId) -> ExportDetail:
     return ExportDetail.model_validate(export)
 
 
-def _wake_runtime() -> None:
-    """Nudge this process's dispatcher, if it runs one; otherwise the runtime of another
-    process finds the new work on its next poll (requested exports, received events)."""
-    with contextlib.suppress(Exception):
-        from ehi_bridge import runtime
-
-        runtime.current().wake()
-
-
 def _export_call(action: str, call: Any, *args: Any) -> ExportOut:
     from ehi_bridge.exports.service import ExportNotAllowed
 
@@ -271,7 +261,6 @@ def _export_call(action: str, call: Any, *args: Any) -> ExportOut:
         raise _not_found(action) from None
     except ExportNotAllowed as error:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error)) from None
-    _wake_runtime()
     return ExportOut.model_validate(export)
 
 
@@ -377,7 +366,6 @@ def _replay(db: Database, ids: list[int]) -> int:
     done = 0
     for start in range(0, len(ids), REPLAY_CHUNK):
         done += int(replay_events(db, ids[start : start + REPLAY_CHUNK]))
-    _wake_runtime()
     return done
 
 
@@ -582,7 +570,6 @@ def connect_complete(
             )
     except ValueError as error:  # refused by the connections feature (e.g. conflicting ids)
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error)) from None
-    _wake_runtime()  # the new connection may need its first export
     return out
 
 

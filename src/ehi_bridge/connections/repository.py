@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from ehi_bridge.connections.models import Connection
@@ -73,3 +75,36 @@ def create(
     session.add(connection)
     session.flush()
     return connection
+
+
+def lock_for_events(session: Session, org_connection_ids: dict[str, str]) -> dict[str, Connection]:
+    """The connections a batch of events touches (org_connection_id → api mode), created
+    ``pending`` where new, locked in one sorted order so two appliers sharing a backlog on
+    PostgreSQL queue behind each other instead of deadlocking."""
+    if not org_connection_ids:
+        return {}
+    now = utcnow()
+    ordered = sorted(org_connection_ids)
+    rows = [
+        {
+            "id": new_connection_id(),
+            "org_connection_id": org_id,
+            "api_mode": org_connection_ids[org_id],
+            "source": "fasten",
+            "status": "pending",
+            "created_at": now,
+            "updated_at": now,
+        }
+        for org_id in ordered
+    ]
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    session.execute(
+        insert(Connection).values(rows).on_conflict_do_nothing(index_elements=["org_connection_id"])
+    )
+    found = session.scalars(
+        select(Connection)
+        .where(Connection.org_connection_id.in_(ordered))
+        .order_by(Connection.org_connection_id)
+        .with_for_update()
+    ).all()
+    return {c.org_connection_id: c for c in found if c.org_connection_id}

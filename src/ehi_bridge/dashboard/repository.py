@@ -27,7 +27,7 @@ from ehi_bridge.webhooks.models import InboxEvent
 # Status words shared with the inbox and export workflows (kept as plain strings here so the
 # dashboard reads whatever the workflows write).
 PARKED = "parked"
-OPEN_EVENT_STATUSES = ("received", "queued", "parked")
+OPEN_EVENT_STATUSES = ("received", "retry", "parked")
 EXPORT_DONE = ("complete", "partial")
 EXPORT_FAILED = ("failed", "timed_out", "expired")
 EXPORT_RETRYABLE = ("failed", "timed_out", "expired", "cancelled")

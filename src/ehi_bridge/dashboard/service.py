@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -179,30 +178,10 @@ class ActionError(Exception):
     """A button's action that cannot be done (shown to the operator as is)."""
 
 
-def _wake_runtime() -> None:
-    """Nudge the in-process dispatcher, when this process runs one."""
-    with contextlib.suppress(Exception):
-        from ehi_bridge import runtime
-
-        runtime.current().wake()
-
-
-def _start_export(export_id: int) -> None:
-    """Hand a new export to the durable runtime, when this process runs one."""
-    from ehi_bridge import runtime
-
-    if getattr(runtime, "_current", None) is None:
-        return
-    from ehi_bridge.exports.tasks import start_export
-
-    start_export(export_id)
-
-
 def replay(ctx: AppContext, ids: Sequence[int]) -> int:
     from ehi_bridge.webhooks.service import replay_events
 
     count = replay_events(ctx.db, list(ids))
-    _wake_runtime()
     return count
 
 
@@ -215,7 +194,6 @@ def request_export(ctx: AppContext, connection_id: str) -> Export:
         raise ActionError("no such connection") from exc
     except exports_service.ExportNotAllowed as exc:
         raise ActionError(str(exc)) from exc
-    _start_export(export.id)
     return export
 
 
@@ -228,5 +206,4 @@ def retry_export(ctx: AppContext, export_id: int) -> Export:
         raise ActionError("no such export") from exc
     except exports_service.ExportNotAllowed as exc:
         raise ActionError(str(exc)) from exc
-    _start_export(export.id)
     return export

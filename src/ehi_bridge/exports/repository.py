@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from ehi_bridge.db.base import utcnow
 from ehi_bridge.exports.models import Export
 from ehi_bridge.exports.state import ExportStatus, transition
+from ehi_bridge.outbox import repository as outbox_repo
 
 
 def get(session: Session, export_id: int, *, for_update: bool = False) -> Export | None:
@@ -79,18 +81,43 @@ def create(
     )
     session.add(export)
     session.flush()
+    if status == ExportStatus.REQUESTED:
+        # Asking Fasten is written with the export: whoever creates one, it gets asked.
+        outbox_repo.add(session, outbox_repo.request_export(export.id))
     return export
 
 
-def requested_ids(session: Session, limit: int) -> list[int]:
+def due_deadlines(session: Session, now: datetime, limit: int) -> list[int]:
+    """Exports still waiting for Fasten's webhook whose deadline has passed."""
     return list(
         session.scalars(
             select(Export.id)
-            .where(Export.status == ExportStatus.REQUESTED, Export.task_id.is_(None))
-            .order_by(Export.id)
+            .where(
+                Export.status.in_((ExportStatus.REQUESTED, ExportStatus.PENDING)),
+                Export.deadline_at <= now,
+            )
+            .order_by(Export.deadline_at)
             .limit(limit)
         )
     )
+
+
+def stalled(session: Session, now: datetime, quiet_for: timedelta, limit: int) -> Sequence[Export]:
+    """Exports our side should be moving that have not changed for ``quiet_for``: not yet
+    asked for (no task id), or downloading or ingesting. Waiting for Fasten's webhook
+    before the deadline is not a stall (the deadline covers it)."""
+    return session.scalars(
+        select(Export)
+        .where(
+            Export.updated_at < now - quiet_for,
+            or_(
+                (Export.status == ExportStatus.REQUESTED) & Export.task_id.is_(None),
+                Export.status.in_((ExportStatus.DOWNLOADING, ExportStatus.INGESTING)),
+            ),
+        )
+        .order_by(Export.updated_at)
+        .limit(limit)
+    ).all()
 
 
 def recent(session: Session, limit: int, status: str | None = None) -> Sequence[Export]:

@@ -27,6 +27,7 @@ from ehi_bridge.db.engine import Database
 from ehi_bridge.exports import repository as exports_repo
 from ehi_bridge.exports.models import Export
 from ehi_bridge.exports.state import ExportEvent, ExportStatus
+from ehi_bridge.outbox import repository as outbox_repo
 from ehi_bridge.webhooks import repository as inbox_repo
 from ehi_bridge.webhooks import schemas
 
@@ -100,21 +101,20 @@ def request_target(db: Database, export_id: int) -> RequestTarget | None:
         )
 
 
-def record_task(db: Database, settings: Settings, target: RequestTarget, task_id: str) -> float:
-    """Store Fasten's task id and the deadline; return seconds until the deadline."""
+def record_task(db: Database, settings: Settings, target: RequestTarget, task_id: str) -> None:
+    """Store Fasten's task id and the deadline (the sweep watches it from then on)."""
     now = utcnow()
     deadline = now + timedelta(minutes=settings.export_deadline_minutes_for(target.platform_type))
     try:
         with db.session() as session:
             export = exports_repo.get(session, target.export_id, for_update=True)
             if export is None:
-                return 0.0
+                return
             export.requested_at = export.requested_at or now
             export.deadline_at = export.deadline_at or deadline
             if export.task_id is None:
                 export.task_id = task_id
             exports_repo.move(export, ExportEvent.TASK_CREATED)
-            deadline = export.deadline_at
     except IntegrityError:
         # A success webhook got here first and created an export row for this task.
         with db.session() as session:
@@ -122,8 +122,6 @@ def record_task(db: Database, settings: Settings, target: RequestTarget, task_id
             if export is not None:
                 export.status = ExportStatus.CANCELLED
                 export.last_error = "superseded by the export that received this task's webhook"
-        return 0.0
-    return max(0.0, (deadline - utcnow()).total_seconds())
 
 
 def request_failed(db: Database, settings: Settings, export_id: int, reason: str) -> bool:
@@ -142,6 +140,48 @@ def request_failed(db: Database, settings: Settings, export_id: int, reason: str
             context={"export_id": export.id, "connection_id": export.connection_id},
         )
         return True
+
+
+# --- the sweep: deadlines and stalls ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SweepResult:
+    deadlines: int  # deadline checks written to the outbox
+    stalled: int  # exports found without progress
+
+
+STALL_NOTES = {
+    ExportStatus.REQUESTED: "not yet asked of Fasten",
+    ExportStatus.DOWNLOADING: "the download has not finished",
+    ExportStatus.INGESTING: "the ingest has not finished",
+}
+
+
+def sweep(db: Database, settings: Settings, now: datetime, limit: int = 500) -> SweepResult:
+    """Start the deadline check of every export past its deadline, and alert (once per
+    export and state) on exports our side has not moved for ``export_stall_minutes``.
+
+    Nothing sleeps until a deadline: this runs every few seconds in the background.
+    """
+    quiet_for = timedelta(minutes=settings.export_stall_minutes)
+    with db.session() as session:
+        due = exports_repo.due_deadlines(session, now, limit)
+        outbox_repo.add(session, *(outbox_repo.export_deadline(export_id) for export_id in due))
+        stalled = exports_repo.stalled(session, now, quiet_for, limit)
+        for export in stalled:
+            note = STALL_NOTES.get(export.status, export.status)
+            minutes = int((now - export.updated_at).total_seconds() // 60)
+            export.last_error = f"stalled: {note} (no progress for {minutes} min)"
+            raise_alert(
+                session,
+                settings,
+                kind="export_stalled",
+                dedup_key=f"export_stalled:{export.id}:{export.status}",
+                message=f"Export {export.id} has made no progress for {minutes} min: {note}",
+                context={"export_id": export.id, "connection_id": export.connection_id},
+            )
+    return SweepResult(len(due), len(stalled))
 
 
 # --- the deadline -----------------------------------------------------------------------

@@ -1,7 +1,12 @@
-"""Durable export work (DBOS workflows): request → deadline watch; download → ingest → notify.
+"""Durable export work (DBOS async workflows): request; deadline check; download → ingest → notify.
 
-Workflow ids are deterministic (``export-{id}``, ``ingest-{id}-{success event}``) so starting
-one twice is a no-op. Steps are at-least-once; every step is safe to repeat.
+Each workflow is started from an outbox row under that row's id (``export-{id}``,
+``deadline-{id}``, ``ingest-{id}-{key}``, ``cancel-{id}``), so starting one twice is a
+no-op. Workflows are coroutines: a backoff (``DBOS.sleep_async``) holds no thread and no
+slot; only the step doing the I/O holds its stage's slot (``background/limits.py``).
+Nothing waits for a deadline: the sweep (``exports.service.sweep``) writes the deadline
+check's outbox row once the deadline has passed. Steps are at-least-once and each is safe
+to repeat. Database calls run in threads so the event loop never waits on a lock.
 """
 
 from __future__ import annotations
@@ -11,274 +16,214 @@ import contextlib
 from typing import Any
 
 import structlog
-from dbos import DBOS, SetWorkflowID
+from dbos import DBOS
 
-from ehi_bridge import runtime
-from ehi_bridge.config import Mode
+from ehi_bridge.background.context import current
 from ehi_bridge.exports import service
+from ehi_bridge.fasten.client import client_for_mode
+from ehi_bridge.fasten.errors import DownloadRefused, ExportFileGone
+from ehi_bridge.notify.service import notify_records_ingested
+from ehi_bridge.records.ingest import ingest_file
 
 log = structlog.get_logger(__name__)
 
 REQUEST_ATTEMPTS = 5
 DOWNLOAD_ATTEMPTS = 8
 BACKOFF_SECONDS = 2.0
+MAX_BACKOFF_SECONDS = 600.0
 
 
-def raise_alert_now(kind: str, dedup_key: str, message: str, context: dict[str, Any]) -> None:
-    """Record and send an alert; never raises into the caller."""
-    from ehi_bridge.alerts.service import raise_alert
+def _backoff(attempt: int) -> float:
+    return float(min(MAX_BACKOFF_SECONDS, BACKOFF_SECONDS * 2 ** (attempt - 1)))
 
-    rt = runtime.current()
-    try:
-        raise_alert(
-            rt.db, rt.settings, kind=kind, dedup_key=dedup_key, message=message, context=context
-        )
-    except Exception as exc:
-        log.error("alert could not be raised", kind=kind, error_type=type(exc).__name__)
+
+# --- request ----------------------------------------------------------------------------
 
 
 @DBOS.step()
-def _alert_step(kind: str, dedup_key: str, message: str, context: dict[str, Any]) -> None:
-    raise_alert_now(kind, dedup_key, message, context)
-
-
-@DBOS.step()
-def _cancel_step(export_id: int) -> None:
-    with contextlib.suppress(Exception):
-        DBOS.cancel_workflow(f"export-{export_id}")
-    with contextlib.suppress(Exception):
-        for status in DBOS.list_workflows(workflow_id_prefix=f"ingest-{export_id}-"):
-            DBOS.cancel_workflow(status.workflow_id)
-
-
-def start_export(export_id: int) -> None:
-    with SetWorkflowID(f"export-{export_id}"):
-        DBOS.enqueue_workflow(runtime.EXPORTS_QUEUE, run_export_workflow, export_id)
-
-
-def start_ingest(export_id: int, key: str) -> None:
-    with SetWorkflowID(f"ingest-{export_id}-{key}"):
-        DBOS.enqueue_workflow(runtime.EXPORTS_QUEUE, ingest_export_workflow, export_id)
-
-
-def launch_follow_ups(follow: dict[str, Any]) -> None:
-    """Start what an applied event asked for (called inside a workflow: durable)."""
-    for export_id in follow["run_exports"]:
-        start_export(export_id)
-    for export_id in follow["ingest_exports"]:
-        start_ingest(export_id, "webhook")
-    for export_id in follow["cancelled_exports"]:
-        _cancel_step(export_id)
-    for connection_id in follow["verify_connections"]:
-        new_export = _verify_connection_step(connection_id)
-        if new_export is not None:
-            start_export(new_export)
-    for alert in follow["alerts"]:
-        _alert_step(alert["kind"], alert["dedup_key"], alert["message"], alert["context"])
-
-
-@DBOS.step()
-def _verify_connection_step(connection_id: str) -> int | None:
-    """A success arrived for a revoked connection: ask Fasten whether it is a reconnect."""
-    from ehi_bridge.connections import repository as connections_repo
-    from ehi_bridge.fasten.client import client_for_mode
-    from ehi_bridge.webhooks.service import reauthorize_if_confirmed
-
-    rt = runtime.current()
-    with rt.db.read_session() as session:
-        connection = connections_repo.get(session, connection_id)
-        if connection is None or not connection.org_connection_id:
-            return None
-        org_connection_id = connection.org_connection_id
-        mode: Mode = "live" if connection.api_mode == "live" else "test"
-
-    async def ask() -> str | None:
-        async with client_for_mode(rt.settings, mode) as client:
-            return (await client.org_connection(org_connection_id)).status
-
-    try:
-        status = asyncio.run(ask())
-    except Exception as exc:
-        log.warning("connection check failed", error_type=type(exc).__name__)
-        return None
-    return reauthorize_if_confirmed(rt.db, rt.settings, connection_id, status)
-
-
-# --- request and deadline ---------------------------------------------------------------
-
-
-@DBOS.step()
-def _request_step(export_id: int) -> dict[str, Any]:
-    """Ask Fasten for the export; returns seconds to the deadline, or why not."""
-    from ehi_bridge.fasten.client import client_for_mode
-
-    rt = runtime.current()
-    target = service.request_target(rt.db, export_id)
+async def _request_step(export_id: int) -> dict[str, Any]:
+    """Ask Fasten for the export and record its task and deadline, or say why not."""
+    ctx = current()
+    target = await asyncio.to_thread(service.request_target, ctx.db, export_id)
     if target is None:
         return {"outcome": "skip"}
-
-    async def call() -> str:
-        async with client_for_mode(rt.settings, target.mode) as client:
-            task = await client.create_export(target.org_connection_id)
-            return task.task_id
-
     try:
-        task_id = asyncio.run(call())
+        async with (
+            ctx.limits.fasten_request(),
+            client_for_mode(ctx.settings, target.mode) as client,
+        ):
+            task = await client.create_export(target.org_connection_id)
     except Exception as exc:
         return {"outcome": "error", "error": type(exc).__name__}
-    return {"outcome": "ok", "wait": service.record_task(rt.db, rt.settings, target, task_id)}
+    await asyncio.to_thread(service.record_task, ctx.db, ctx.settings, target, task.task_id)
+    return {"outcome": "ok"}
 
 
 @DBOS.step()
-def _request_failed_step(export_id: int, error: str) -> None:
-    rt = runtime.current()
-    service.request_failed(rt.db, rt.settings, export_id, error)
+async def _request_failed_step(export_id: int, error: str) -> None:
+    ctx = current()
+    await asyncio.to_thread(service.request_failed, ctx.db, ctx.settings, export_id, error)
+
+
+@DBOS.workflow()
+async def request_export_workflow(export_id: int) -> str:
+    for attempt in range(1, REQUEST_ATTEMPTS + 1):
+        result = await _request_step(export_id)
+        if result["outcome"] == "skip":
+            return "skipped"
+        if result["outcome"] == "ok":
+            return "requested"
+        if attempt == REQUEST_ATTEMPTS:
+            await _request_failed_step(export_id, str(result["error"]))
+            return "failed"
+        await DBOS.sleep_async(_backoff(attempt))
+    return "failed"
+
+
+# --- the deadline -----------------------------------------------------------------------
 
 
 @DBOS.step()
-def _deadline_step(export_id: int) -> None:
-    from ehi_bridge.fasten.client import client_for_mode
-
-    rt = runtime.current()
-    waiting = service.deadline_task(rt.db, export_id)
+async def _deadline_step(export_id: int) -> None:
+    """Still no webhook at the deadline: ask Fasten for the task's status, then decide."""
+    ctx = current()
+    waiting = await asyncio.to_thread(service.deadline_task, ctx.db, export_id)
     if waiting is None:
         return
     task_id, mode = waiting
     remote: str | None = None
     if task_id:
-
-        async def poll() -> str:
-            async with client_for_mode(rt.settings, mode) as client:
-                return (await client.export_status(task_id)).status
-
         try:
-            remote = asyncio.run(poll())
+            async with ctx.limits.fasten_request(), client_for_mode(ctx.settings, mode) as client:
+                remote = (await client.export_status(task_id)).status
         except Exception as exc:
             log.warning("status poll failed", export_id=export_id, error_type=type(exc).__name__)
-    service.deadline_passed(rt.db, rt.settings, export_id, remote)
+    await asyncio.to_thread(service.deadline_passed, ctx.db, ctx.settings, export_id, remote)
 
 
 @DBOS.workflow()
-def run_export_workflow(export_id: int) -> str:
-    for attempt in range(1, REQUEST_ATTEMPTS + 1):
-        result = _request_step(export_id)
-        if result["outcome"] == "skip":
-            return "skipped"
-        if result["outcome"] == "ok":
-            DBOS.sleep(float(result["wait"]))
-            _deadline_step(export_id)
-            return "watched"
-        if attempt == REQUEST_ATTEMPTS:
-            _request_failed_step(export_id, str(result["error"]))
-            return "failed"
-        DBOS.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
-    return "failed"
+async def export_deadline_workflow(export_id: int) -> str:
+    await _deadline_step(export_id)
+    return "checked"
+
+
+# --- cancel -----------------------------------------------------------------------------
+
+
+@DBOS.step()
+async def _cancel_step(export_id: int) -> None:
+    with contextlib.suppress(Exception):
+        await DBOS.cancel_workflow_async(f"export-{export_id}")
+    with contextlib.suppress(Exception):
+        for status in await DBOS.list_workflows_async(workflow_id_prefix=f"ingest-{export_id}-"):
+            await DBOS.cancel_workflow_async(status.workflow_id)
+
+
+@DBOS.workflow()
+async def cancel_export_workflow(export_id: int) -> str:
+    await _cancel_step(export_id)
+    return "cancelled"
 
 
 # --- download and ingest ----------------------------------------------------------------
 
 
 @DBOS.step()
-def _download_step(export_id: int) -> dict[str, Any]:
-    from ehi_bridge.fasten.client import client_for_mode
-    from ehi_bridge.fasten.errors import DownloadRefused, ExportFileGone
-
-    rt = runtime.current()
-    target = service.download_target(rt.db, export_id)
+async def _download_step(export_id: int) -> dict[str, Any]:
+    ctx = current()
+    target = await asyncio.to_thread(service.download_target, ctx.db, export_id)
     if target is None:
         return {"outcome": "skip"}
-    dest = service.download_path(rt.settings, export_id)
-
-    async def fetch() -> int:
-        async with client_for_mode(rt.settings, target.mode) as client:
-            result = await client.download(target.url, dest)
-            return int(result.bytes)
-
+    dest = service.download_path(ctx.settings, export_id)
     try:
-        size = asyncio.run(fetch())
+        async with ctx.limits.downloads, client_for_mode(ctx.settings, target.mode) as client:
+            size = int((await client.download(target.url, dest)).bytes)
     except DownloadRefused as exc:
-        service.download_refused(rt.db, rt.settings, export_id, getattr(exc, "host", "?"))
+        host = getattr(exc, "host", "?")
+        await asyncio.to_thread(service.download_refused, ctx.db, ctx.settings, export_id, host)
         return {"outcome": "refused"}
     except ExportFileGone:
         return {"outcome": "gone"}
     except Exception as exc:
-        service.record_download_attempt(rt.db, export_id, type(exc).__name__)
-        return {"outcome": "error", "error": type(exc).__name__}
-    service.record_download(rt.db, export_id, size)
+        error = type(exc).__name__
+        await asyncio.to_thread(service.record_download_attempt, ctx.db, export_id, error)
+        return {"outcome": "error", "error": error}
+    await asyncio.to_thread(service.record_download, ctx.db, export_id, size)
     return {"outcome": "ok", "bytes": size}
 
 
 @DBOS.step()
-def _download_failed_step(export_id: int, error: str) -> None:
-    rt = runtime.current()
-    service.download_failed(rt.db, rt.settings, export_id, error)
+async def _download_failed_step(export_id: int, error: str) -> None:
+    ctx = current()
+    await asyncio.to_thread(service.download_failed, ctx.db, ctx.settings, export_id, error)
 
 
 @DBOS.step()
-def _expired_step(export_id: int) -> int | None:
-    rt = runtime.current()
-    service.file_gone(rt.db, rt.settings, export_id)
-    return service.rerequest_after_expiry(rt.db, rt.settings, export_id)
+async def _expired_step(export_id: int) -> None:
+    """The file is gone: alert, and ask again (the new export's request is in the outbox)."""
+    ctx = current()
+    await asyncio.to_thread(service.file_gone, ctx.db, ctx.settings, export_id)
+    await asyncio.to_thread(service.rerequest_after_expiry, ctx.db, ctx.settings, export_id)
 
 
-@DBOS.step()
-def _ingest_step(export_id: int) -> str:
-    from ehi_bridge.records.ingest import ingest_file
-
-    rt = runtime.current()
-    inputs = service.ingest_inputs(rt.db, export_id)
+def _ingest(export_id: int) -> str:
+    ctx = current()
+    inputs = service.ingest_inputs(ctx.db, export_id)
     if inputs is None:
         return "skip"
     connection_id, expected_total, expected_by_type = inputs
-    path = service.download_path(rt.settings, export_id)
+    path = service.download_path(ctx.settings, export_id)
     report = ingest_file(
-        rt.db,
+        ctx.db,
         path,
         connection_id=connection_id,
         export_id=export_id,
         expected_total=expected_total,
         expected_by_type=expected_by_type,
     )
-    service.record_ingest(rt.db, rt.settings, export_id, report.as_dict(), report.complete)
+    service.record_ingest(ctx.db, ctx.settings, export_id, report.as_dict(), report.complete)
     path.unlink(missing_ok=True)
     return "complete" if report.complete else "partial"
 
 
 @DBOS.step()
-def _notify_step(export_id: int) -> None:
-    from ehi_bridge.notify.service import notify_records_ingested
-
-    rt = runtime.current()
-    if rt.settings.downstream_url:
-        notify_records_ingested(rt.db, rt.settings, export_id)
+async def _ingest_step(export_id: int) -> str:
+    async with current().limits.ingests:
+        return await asyncio.to_thread(_ingest, export_id)
 
 
 @DBOS.step()
-def _is_ingesting_step(export_id: int) -> bool:
-    return service.ingest_inputs(runtime.current().db, export_id) is not None
+async def _notify_step(export_id: int) -> None:
+    ctx = current()
+    if ctx.settings.downstream_url:
+        await asyncio.to_thread(notify_records_ingested, ctx.db, ctx.settings, export_id)
+
+
+@DBOS.step()
+async def _is_ingesting_step(export_id: int) -> bool:
+    ctx = current()
+    return await asyncio.to_thread(service.ingest_inputs, ctx.db, export_id) is not None
 
 
 @DBOS.workflow()
-def ingest_export_workflow(export_id: int) -> str:
+async def ingest_export_workflow(export_id: int) -> str:
     for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-        result = _download_step(export_id)
+        result = await _download_step(export_id)
         outcome = result["outcome"]
         if outcome == "ok":
             break
         if outcome == "gone":
-            new_export = _expired_step(export_id)
-            if new_export is not None:
-                start_export(new_export)
+            await _expired_step(export_id)
             return "expired"
         if outcome in ("skip", "refused"):
-            if outcome == "skip" and _is_ingesting_step(export_id):
+            if outcome == "skip" and await _is_ingesting_step(export_id):
                 break  # the download finished before a crash; ingest what is on disk
             return str(outcome)
         if attempt == DOWNLOAD_ATTEMPTS:
-            _download_failed_step(export_id, str(result.get("error")))
+            await _download_failed_step(export_id, str(result.get("error")))
             return "download_failed"
-        DBOS.sleep(min(600.0, BACKOFF_SECONDS * 2 ** (attempt - 1)))
-    outcome = _ingest_step(export_id)
+        await DBOS.sleep_async(_backoff(attempt))
+    outcome = await _ingest_step(export_id)
     if outcome != "skip":
-        _notify_step(export_id)
+        await _notify_step(export_id)
     return outcome

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from ehi_bridge.exports.models import Export
 from ehi_bridge.webhooks.models import InboxEvent, InboxStatus
 
-UNPROCESSED = (InboxStatus.RECEIVED, InboxStatus.QUEUED)
+UNPROCESSED = InboxStatus.UNPROCESSED
 
 
 def ping(session: Session) -> None:

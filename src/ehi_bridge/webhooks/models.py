@@ -11,13 +11,14 @@ from ehi_bridge.db.base import Base, BigIntPK, UTCDateTime
 
 
 class InboxStatus:
-    RECEIVED = "received"  # committed, not yet handed to background processing
-    QUEUED = "queued"  # a durable workflow owns it
+    RECEIVED = "received"  # committed, not yet applied
+    RETRY = "retry"  # an attempt failed; applied again from ``next_attempt_at``
     APPLIED = "applied"
     IGNORED = "ignored"  # unknown type: stored, nothing to apply
     PARKED = "parked"  # failed after the allowed attempts; replay from the API/CLI
 
-    ALL = (RECEIVED, QUEUED, APPLIED, IGNORED, PARKED)
+    ALL = (RECEIVED, RETRY, APPLIED, IGNORED, PARKED)
+    UNPROCESSED = (RECEIVED, RETRY)
 
 
 # Rows past ``received`` (SQL, for the partial index and the queries that can use it).
@@ -43,6 +44,7 @@ class InboxEvent(Base):
     replays: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         Index("ix_inbox_events_status_id", "status", "id"),

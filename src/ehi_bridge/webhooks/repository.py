@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Select, func, select, text, update
@@ -15,22 +16,109 @@ def get(session: Session, inbox_id: int, *, for_update: bool = False) -> InboxEv
     return session.get(InboxEvent, inbox_id, with_for_update=for_update or None)
 
 
-def received_batch(session: Session, limit: int) -> Sequence[tuple[int, int]]:
-    """(id, replays) of deliveries committed but not yet handed to background work."""
-    rows = session.execute(
-        select(InboxEvent.id, InboxEvent.replays)
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    """An inbox row claimed for applying: what the appliers read, nothing they write."""
+
+    id: int
+    event_id: str
+    event_type: str
+    api_mode: str
+    body: bytes
+    received_at: datetime
+    org_connection_id: str | None
+    attempts: int
+    replays: int
+
+
+_PENDING_COLUMNS = (
+    InboxEvent.id,
+    InboxEvent.event_id,
+    InboxEvent.event_type,
+    InboxEvent.api_mode,
+    InboxEvent.body,
+    InboxEvent.received_at,
+    InboxEvent.org_connection_id,
+    InboxEvent.attempts,
+    InboxEvent.replays,
+)
+
+
+def claim_due(session: Session, now: datetime, limit: int) -> list[PendingEvent]:
+    """Up to ``limit`` rows to apply now, oldest first: new ones and retries that are due.
+
+    On PostgreSQL the rows are locked ``FOR UPDATE SKIP LOCKED``: appliers in other
+    processes take the rows after them instead of waiting or applying them twice. On
+    SQLite the write transaction (``BEGIN IMMEDIATE``) already excludes other writers.
+    """
+    new = (
+        select(*_PENDING_COLUMNS)
         .where(InboxEvent.status == InboxStatus.RECEIVED)
         .order_by(InboxEvent.id)
         .limit(limit)
-    ).all()
-    return [(row[0], row[1]) for row in rows]
+        .with_for_update(skip_locked=True)
+    )
+    due = (
+        select(*_PENDING_COLUMNS)
+        .where(InboxEvent.status == InboxStatus.RETRY, InboxEvent.next_attempt_at <= now)
+        .order_by(InboxEvent.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = [*session.execute(new), *session.execute(due)]
+    rows.sort(key=lambda row: row[0])
+    return [PendingEvent(*row) for row in rows[:limit]]
 
 
-def mark_queued(session: Session, ids: Sequence[int]) -> None:
-    session.execute(
-        update(InboxEvent)
-        .where(InboxEvent.id.in_(ids), InboxEvent.status == InboxStatus.RECEIVED)
-        .values(status=InboxStatus.QUEUED)
+def finish(
+    session: Session, *, applied: Sequence[int], ignored: Sequence[int], now: datetime
+) -> None:
+    """Mark claimed rows done, one statement per outcome."""
+    if applied:
+        session.execute(
+            update(InboxEvent)
+            .where(InboxEvent.id.in_(applied))
+            .values(
+                status=InboxStatus.APPLIED,
+                apply_count=InboxEvent.apply_count + 1,
+                applied_at=now,
+                last_error=None,
+                next_attempt_at=None,
+            )
+        )
+    if ignored:
+        session.execute(
+            update(InboxEvent)
+            .where(InboxEvent.id.in_(ignored))
+            .values(status=InboxStatus.IGNORED, applied_at=now, next_attempt_at=None)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    inbox_id: int
+    attempts: int
+    error: str
+    next_attempt_at: datetime | None  # None: parked
+
+
+def record_failures(session: Session, failures: Sequence[Failure]) -> None:
+    for failure in failures:
+        session.execute(
+            update(InboxEvent)
+            .where(InboxEvent.id == failure.inbox_id)
+            .values(
+                status=InboxStatus.RETRY if failure.next_attempt_at else InboxStatus.PARKED,
+                attempts=failure.attempts,
+                last_error=failure.error[:500],
+                next_attempt_at=failure.next_attempt_at,
+            )
+        )
+
+
+def next_retry_at(session: Session) -> datetime | None:
+    return session.scalar(
+        select(func.min(InboxEvent.next_attempt_at)).where(InboxEvent.status == InboxStatus.RETRY)
     )
 
 
@@ -44,6 +132,7 @@ def mark_for_replay(session: Session, ids: Sequence[int]) -> int:
             replays=InboxEvent.replays + 1,
             attempts=0,
             last_error=None,
+            next_attempt_at=None,
         )
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
@@ -63,7 +152,7 @@ def ids_with_status(session: Session, status: str, limit: int = 10_000) -> list[
 def oldest_unprocessed_received_at(session: Session) -> datetime | None:
     return session.scalar(
         select(func.min(InboxEvent.received_at)).where(
-            InboxEvent.status.in_((InboxStatus.RECEIVED, InboxStatus.QUEUED))
+            InboxEvent.status.in_(InboxStatus.UNPROCESSED)
         )
     )
 
@@ -92,3 +181,14 @@ def newest_of_org_connection(
     rows = [*session.scalars(handed_on), *session.scalars(waiting)]
     rows.sort(key=lambda row: row.id, reverse=True)
     return rows[:limit]
+
+
+def any_due(session: Session, now: datetime) -> bool:
+    """Whether anything waits to be applied (a read: the applier's cheap idle check)."""
+    new = select(InboxEvent.id).where(InboxEvent.status == InboxStatus.RECEIVED).limit(1)
+    due = (
+        select(InboxEvent.id)
+        .where(InboxEvent.status == InboxStatus.RETRY, InboxEvent.next_attempt_at <= now)
+        .limit(1)
+    )
+    return session.scalar(new) is not None or session.scalar(due) is not None

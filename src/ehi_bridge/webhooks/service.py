@@ -1,23 +1,31 @@
-"""Applying inbox events to connections and exports.
+"""Applying inbox events to connections and exports, a batch per transaction.
 
-``apply_event`` runs in ONE transaction: it loads the inbox row (locked), applies the
-transition, marks the row applied. It is safe to run any number of times for one event —
-the row's status makes later runs no-ops — and returns the follow-up work (export
-workflows to start, alerts to raise) for the caller to launch after the commit.
+``apply_batch`` claims up to a batch of due inbox rows, runs each one's transition and
+commits them together: statuses, connection and export changes, alert rows and the
+follow-up work (outbox rows) in ONE transaction. Each row's effects are idempotent: a row
+past ``received``/``retry`` is never claimed again, and replaying one re-runs transitions
+that find their change made.
+
+A row that fails never fails its batch. Payloads are validated before any write; if a
+write still fails, the batch is rolled back to its savepoint and redone one row per
+savepoint, so only the failing row is retried (with exponential backoff, as a ``retry``
+row with ``next_attempt_at``: no thread or slot waits for it) and, after
+``EHI_EVENT_MAX_ATTEMPTS``, parked with an alert.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import structlog
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
+from ehi_bridge.alerts.service import raise_alert
 from ehi_bridge.config import Settings
 from ehi_bridge.connections import repository as connections_repo
 from ehi_bridge.connections.models import Connection
@@ -35,99 +43,159 @@ from ehi_bridge.db.engine import Database
 from ehi_bridge.exports import repository as exports_repo
 from ehi_bridge.exports.models import Export
 from ehi_bridge.exports.state import ExportEvent, ExportStatus
+from ehi_bridge.outbox import repository as outbox_repo
 from ehi_bridge.records import repository as records_repo
 from ehi_bridge.webhooks import repository as inbox_repo
 from ehi_bridge.webhooks import schemas
-from ehi_bridge.webhooks.models import InboxEvent, InboxStatus
+from ehi_bridge.webhooks.repository import Failure, PendingEvent
 
 log = structlog.get_logger(__name__)
 
-
-@dataclass(frozen=True, slots=True)
-class AlertRequest:
-    kind: str
-    dedup_key: str
-    message: str
-    context: dict[str, str | int] = field(default_factory=dict)
-
-
-@dataclass
-class FollowUps:
-    """Work to launch after the transaction commits."""
-
-    run_exports: list[int] = field(default_factory=list)  # request + deadline watch
-    ingest_exports: list[int] = field(default_factory=list)  # download + ingest
-    cancelled_exports: list[int] = field(default_factory=list)
-    verify_connections: list[str] = field(default_factory=list)  # success after revocation
-    alerts: list[AlertRequest] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "run_exports": self.run_exports,
-            "ingest_exports": self.ingest_exports,
-            "cancelled_exports": self.cancelled_exports,
-            "verify_connections": self.verify_connections,
-            "alerts": [
-                {
-                    "kind": a.kind,
-                    "dedup_key": a.dedup_key,
-                    "message": a.message,
-                    "context": a.context,
-                }
-                for a in self.alerts
-            ],
-        }
+DEFAULT_BATCH = 256
 
 
 class EventRejected(Exception):
-    """The stored event cannot be applied as it stands (it is parked, not retried forever)."""
+    """The stored event cannot be applied as it stands (retried, then parked)."""
 
 
-def _event_time(envelope: schemas.Envelope, inbox: InboxEvent) -> datetime:
+@dataclass
+class BatchResult:
+    """What one ``apply_batch`` transaction did (after it committed)."""
+
+    claimed: int = 0
+    applied: list[int] = field(default_factory=list)
+    ignored: list[int] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    follow_ups: list[outbox_repo.FollowUp] = field(default_factory=list)
+
+    @property
+    def parked(self) -> list[int]:
+        return [f.inbox_id for f in self.failures if f.next_attempt_at is None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    row: PendingEvent
+    data: BaseModel
+    at: datetime
+
+
+@dataclass
+class _Context:
+    """What the appliers of one batch share: settings, the locked connections, follow-ups."""
+
+    session: Session
+    settings: Settings
+    connections: dict[str, Connection]
+    follow_ups: list[outbox_repo.FollowUp] = field(default_factory=list)
+
+
+def _event_time(envelope: schemas.Envelope, row: PendingEvent) -> datetime:
     if envelope.date is not None:
         when = envelope.date
         return when if when.tzinfo else when.replace(tzinfo=UTC)
-    return inbox.received_at
+    return row.received_at
 
 
-def apply_event(db: Database, settings: Settings, inbox_id: int) -> FollowUps:
+def parse(row: PendingEvent) -> _Parsed:
+    """Validate a stored event's payload (no I/O); EventRejected when it cannot apply."""
+    try:
+        envelope = schemas.Envelope.model_validate(orjson.loads(row.body))
+        data = schemas.EVENT_MODELS[row.event_type].model_validate(envelope.data)
+    except (ValidationError, orjson.JSONDecodeError) as exc:
+        raise EventRejected(f"{row.event_type} payload does not validate") from exc
+    return _Parsed(row, data, _event_time(envelope, row))
+
+
+def apply_batch(
+    db: Database, settings: Settings, *, limit: int = DEFAULT_BATCH, now: datetime | None = None
+) -> BatchResult:
+    """Apply up to ``limit`` due events in one transaction; what was done."""
+    now = now or utcnow()
+    result = BatchResult()
     with db.session() as session:
-        inbox = inbox_repo.get(session, inbox_id, for_update=True)
-        if inbox is None:
-            raise EventRejected(f"inbox row {inbox_id} does not exist")
-        if inbox.status in (InboxStatus.APPLIED, InboxStatus.IGNORED):
-            return FollowUps()
-        follow = FollowUps()
-        if inbox.event_type not in schemas.KNOWN_TYPES:
-            inbox.status = InboxStatus.IGNORED
-            inbox.applied_at = utcnow()
-            return follow
+        rows = inbox_repo.claim_due(session, now, limit)
+        if not rows:
+            return result
+        result.claimed = len(rows)
+        parsed: list[_Parsed] = []
+        for row in rows:
+            if row.event_type not in schemas.KNOWN_TYPES:
+                result.ignored.append(row.id)
+                continue
+            try:
+                parsed.append(parse(row))
+            except EventRejected as exc:
+                result.failures.append(_failure(settings, row, str(exc), now))
+        ctx = _Context(session, settings, {})
         try:
-            envelope = schemas.Envelope.model_validate(orjson.loads(inbox.body))
-            model = schemas.EVENT_MODELS[inbox.event_type]
-            data = model.model_validate(envelope.data)
-        except (ValidationError, orjson.JSONDecodeError) as exc:
-            raise EventRejected(f"{inbox.event_type} payload does not validate") from exc
-        at = _event_time(envelope, inbox)
-        _APPLIERS[inbox.event_type](session, settings, inbox, data, at, follow)
-        inbox.status = InboxStatus.APPLIED
-        inbox.apply_count += 1
-        inbox.applied_at = utcnow()
-        inbox.last_error = None
-        return follow
+            with session.begin_nested():
+                ctx.connections = connections_repo.lock_for_events(session, _touched(parsed))
+                for item in parsed:
+                    _APPLIERS[item.row.event_type](ctx, item.row, item.data, item.at)
+            result.applied = [item.row.id for item in parsed]
+        except Exception:
+            # One row's write failed: redo each row alone to find it; the rest still apply.
+            session.expire_all()
+            ctx.follow_ups.clear()
+            for item in parsed:
+                mark = len(ctx.follow_ups)
+                try:
+                    with session.begin_nested():
+                        ctx.connections = connections_repo.lock_for_events(
+                            session, _touched([item])
+                        )
+                        _APPLIERS[item.row.event_type](ctx, item.row, item.data, item.at)
+                    result.applied.append(item.row.id)
+                except Exception as exc:
+                    del ctx.follow_ups[mark:]
+                    session.expire_all()
+                    # Only our own words are stored: a driver's text could quote row values.
+                    result.failures.append(_failure(settings, item.row, type(exc).__name__, now))
+        inbox_repo.finish(session, applied=result.applied, ignored=result.ignored, now=now)
+        inbox_repo.record_failures(session, result.failures)
+        for failure in result.failures:
+            if failure.next_attempt_at is None:
+                _park_alert(session, settings, rows, failure)
+        outbox_repo.add(session, *ctx.follow_ups)
+        result.follow_ups = ctx.follow_ups
+    return result
 
 
-def _connection_for(
-    session: Session, org_connection_id: str | None, api_mode: str
-) -> Connection | None:
-    if not org_connection_id:
-        return None  # TEFCA payloads may omit ids: the event is kept, nothing to link
-    connection = connections_repo.by_org_connection_id(session, org_connection_id)
-    if connection is None:
-        connection = connections_repo.create(
-            session, org_connection_id, api_mode=api_mode, status=ConnectionStatus.PENDING
-        )
-    return connection
+def _touched(parsed: Sequence[_Parsed]) -> dict[str, str]:
+    touched: dict[str, str] = {}
+    for item in parsed:
+        org_id = getattr(item.data, "org_connection_id", None)
+        if isinstance(org_id, str) and org_id:
+            touched.setdefault(org_id, item.row.api_mode)
+    return touched
+
+
+def _failure(settings: Settings, row: PendingEvent, error: str, now: datetime) -> Failure:
+    attempt = row.attempts + 1
+    if attempt >= max(1, settings.event_max_attempts):
+        return Failure(row.id, attempt, error, None)
+    delay = settings.event_retry_interval_seconds * 2 ** (attempt - 1)
+    return Failure(row.id, attempt, error, now + timedelta(seconds=delay))
+
+
+def _park_alert(
+    session: Session, settings: Settings, rows: Sequence[PendingEvent], failure: Failure
+) -> None:
+    row = next(r for r in rows if r.id == failure.inbox_id)
+    raise_alert(
+        session,
+        settings,
+        kind="event_parked",
+        dedup_key=f"event_parked:{row.id}:{row.replays}",
+        message=f"Event {row.id} ({row.event_type}) parked after {failure.attempts} attempts",
+        context={"inbox_id": row.id, "event_type": row.event_type},
+    )
+
+
+def _connection(ctx: _Context, org_connection_id: str | None) -> Connection | None:
+    # TEFCA payloads may omit ids: the event is kept, there is nothing to link.
+    return ctx.connections.get(org_connection_id) if org_connection_id else None
 
 
 def _state(connection: Connection) -> ConnectionState:
@@ -153,16 +221,9 @@ def _fill(connection: Connection, values: dict[str, Any]) -> None:
             setattr(connection, name, value)
 
 
-def _connection_success(
-    session: Session,
-    settings: Settings,
-    inbox: InboxEvent,
-    data: Any,
-    at: datetime,
-    follow: FollowUps,
-) -> None:
+def _connection_success(ctx: _Context, row: PendingEvent, data: Any, at: datetime) -> None:
     event: schemas.ConnectionSuccess = data
-    connection = _connection_for(session, event.org_connection_id, inbox.api_mode)
+    connection = _connection(ctx, event.org_connection_id)
     if connection is None:
         return
     _fill(
@@ -182,10 +243,9 @@ def _connection_success(
     result = on_connection_success(_state(connection), event.connection_status, at)
     _apply_transition(connection, result)
     if result.verify:
-        follow.verify_connections.append(connection.id)
-    if result.request_export and settings.auto_request_export:
-        export = exports_repo.create(session, connection.id, trigger="auto")
-        follow.run_exports.append(export.id)
+        ctx.follow_ups.append(outbox_repo.verify_connection(connection.id, str(row.id)))
+    if result.request_export and ctx.settings.auto_request_export:
+        exports_repo.create(ctx.session, connection.id, trigger="auto")
 
 
 def reauthorize_if_confirmed(
@@ -219,76 +279,57 @@ def _export_for_task(session: Session, connection: Connection, task_id: str | No
     )
 
 
-def _export_success(
-    session: Session,
-    settings: Settings,
-    inbox: InboxEvent,
-    data: Any,
-    at: datetime,
-    follow: FollowUps,
-) -> None:
+def _export_success(ctx: _Context, row: PendingEvent, data: Any, at: datetime) -> None:
     event: schemas.ExportSuccess = data
-    connection = _connection_for(session, event.org_connection_id, inbox.api_mode)
+    connection = _connection(ctx, event.org_connection_id)
     if connection is None:
         return
     _apply_transition(connection, on_export_activity(_state(connection), at))
     _fill(connection, {"org_id": event.org_id})
-    export = _export_for_task(session, connection, event.task_id)
+    export = _export_for_task(ctx.session, connection, event.task_id)
     if connection.status == ConnectionStatus.REVOKED:
         exports_repo.move(export, ExportEvent.REVOKED)
         return
     if not exports_repo.move(export, ExportEvent.SUCCEEDED):
         return  # a repeat: this file is already being (or was) processed
-    export.success_event_id = inbox.event_id
+    export.success_event_id = row.event_id
     export.succeeded_at = at
-    export.file_expires_at = at + timedelta(hours=settings.export_file_lifetime_hours)
+    export.file_expires_at = at + timedelta(hours=ctx.settings.export_file_lifetime_hours)
     export.stats_total = event.stats.total_resources
     export.stats_by_type = event.stats.total_by_resource_type
     export.failure_reason = None
-    follow.ingest_exports.append(export.id)
+    ctx.session.flush()
+    ctx.follow_ups.append(outbox_repo.ingest_export(export.id, "webhook"))
 
 
-def _export_failed(
-    session: Session,
-    settings: Settings,
-    inbox: InboxEvent,
-    data: Any,
-    at: datetime,
-    follow: FollowUps,
-) -> None:
+def _export_failed(ctx: _Context, row: PendingEvent, data: Any, at: datetime) -> None:
     event: schemas.ExportFailed = data
-    connection = _connection_for(session, event.org_connection_id, inbox.api_mode)
+    connection = _connection(ctx, event.org_connection_id)
     if connection is None:
         return
     _apply_transition(connection, on_export_activity(_state(connection), at))
-    export = _export_for_task(session, connection, event.task_id)
+    export = _export_for_task(ctx.session, connection, event.task_id)
     if not exports_repo.move(export, ExportEvent.FAILED):
         return
     export.failure_reason = event.failure_reason
-    follow.alerts.append(
-        AlertRequest(
-            kind="export_failed",
-            dedup_key=f"export_failed:{export.id}",
-            message=f"Export {export.id} failed: {event.failure_reason}",
-            context={
-                "export_id": export.id,
-                "connection_id": connection.id,
-                "failure_reason": event.failure_reason,
-            },
-        )
+    ctx.session.flush()
+    raise_alert(
+        ctx.session,
+        ctx.settings,
+        kind="export_failed",
+        dedup_key=f"export_failed:{export.id}",
+        message=f"Export {export.id} failed: {event.failure_reason}",
+        context={
+            "export_id": export.id,
+            "connection_id": connection.id,
+            "failure_reason": event.failure_reason,
+        },
     )
 
 
-def _authorization_revoked(
-    session: Session,
-    settings: Settings,
-    inbox: InboxEvent,
-    data: Any,
-    at: datetime,
-    follow: FollowUps,
-) -> None:
+def _authorization_revoked(ctx: _Context, row: PendingEvent, data: Any, at: datetime) -> None:
     event: schemas.AuthorizationRevoked = data
-    connection = _connection_for(session, event.org_connection_id, inbox.api_mode)
+    connection = _connection(ctx, event.org_connection_id)
     if connection is None:
         return
     _fill(
@@ -304,27 +345,20 @@ def _authorization_revoked(
     _apply_transition(connection, result)
     if not result.cancel_exports:
         return
-    for export in exports_repo.active_for_connection(session, connection.id):
+    for export in exports_repo.active_for_connection(ctx.session, connection.id):
         if exports_repo.move(export, ExportEvent.REVOKED):
-            follow.cancelled_exports.append(export.id)
-    if settings.revoked_records == "purge":
-        records_repo.purge_connection(session, connection.id)
+            ctx.follow_ups.append(outbox_repo.cancel_export(export.id))
+    if ctx.settings.revoked_records == "purge":
+        records_repo.purge_connection(ctx.session, connection.id)
     else:
-        records_repo.mark_connection_revoked(session, connection.id)
+        records_repo.mark_connection_revoked(ctx.session, connection.id)
 
 
-def _webhook_test(
-    session: Session,
-    settings: Settings,
-    inbox: InboxEvent,
-    data: Any,
-    at: datetime,
-    follow: FollowUps,
-) -> None:
-    log.info("webhook.test received", event_id=inbox.event_id, mode=inbox.api_mode)
+def _webhook_test(ctx: _Context, row: PendingEvent, data: Any, at: datetime) -> None:
+    return  # nothing to change; it is marked applied with its batch
 
 
-_APPLIERS = {
+_APPLIERS: dict[str, Callable[[_Context, PendingEvent, Any, datetime], None]] = {
     schemas.CONNECTION_SUCCESS: _connection_success,
     schemas.EXPORT_SUCCESS: _export_success,
     schemas.EXPORT_FAILED: _export_failed,
@@ -333,29 +367,7 @@ _APPLIERS = {
 }
 
 
-def record_failure(db: Database, inbox_id: int, attempt: int, error: str) -> None:
-    with db.session() as session:
-        inbox = inbox_repo.get(session, inbox_id)
-        if inbox is not None:
-            inbox.attempts = attempt
-            inbox.last_error = error[:500]
-
-
-def park(db: Database, inbox_id: int) -> AlertRequest | None:
-    with db.session() as session:
-        inbox = inbox_repo.get(session, inbox_id)
-        if inbox is None:
-            return None
-        inbox.status = InboxStatus.PARKED
-        return AlertRequest(
-            kind="event_parked",
-            dedup_key=f"event_parked:{inbox.id}:{inbox.replays}",
-            message=f"Event {inbox.id} ({inbox.event_type}) parked after {inbox.attempts} attempts",
-            context={"inbox_id": inbox.id, "event_type": inbox.event_type},
-        )
-
-
 def replay_events(db: Database, ids: Sequence[int]) -> int:
-    """Mark events for another pass; the dispatcher picks them up (new workflow ids)."""
+    """Mark events for another pass; the applier picks them up."""
     with db.session() as session:
         return inbox_repo.mark_for_replay(session, list(ids))

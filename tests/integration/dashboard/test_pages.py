@@ -372,7 +372,7 @@ def test_open_event_counts_cover_only_unfinished_events(dash: Dash) -> None:
     from ehi_bridge.dashboard import repository as repo
 
     with dash.db.read_session() as session:
-        assert repo.open_event_counts(session) == {"received": 0, "queued": 0, "parked": 1}
+        assert repo.open_event_counts(session) == {"received": 0, "retry": 0, "parked": 1}
 
 
 def test_large_resources_are_previewed_not_loaded_whole(dash: Dash) -> None:

@@ -42,7 +42,7 @@ def test_readyz_ok(client: TestClient, db: Database) -> None:
 def test_readyz_fails_on_old_unprocessed_event(client: TestClient, db: Database) -> None:
     with db.session() as session:
         make_event(session, 1, status="applied", received_at=utcnow() - timedelta(days=2))
-        make_event(session, 2, status="queued", received_at=utcnow() - timedelta(hours=1))
+        make_event(session, 2, status="retry", received_at=utcnow() - timedelta(hours=1))
     response = client.get("/readyz")
     assert response.status_code == 503
     checks = response.json()["checks"]

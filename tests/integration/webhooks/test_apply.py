@@ -10,17 +10,18 @@ import orjson
 import pytest
 from sqlalchemy import select
 
+from ehi_bridge.alerts.models import Alert
 from ehi_bridge.config import Settings
 from ehi_bridge.connections.models import Connection
 from ehi_bridge.db.base import utcnow
 from ehi_bridge.db.engine import Database
 from ehi_bridge.exports.models import Export
+from ehi_bridge.outbox.models import OutboxItem, OutboxKind
 from ehi_bridge.records.models import Resource
 from ehi_bridge.webhooks.models import InboxEvent
 from ehi_bridge.webhooks.service import (
-    EventRejected,
-    FollowUps,
-    apply_event,
+    BatchResult,
+    apply_batch,
     reauthorize_if_confirmed,
     replay_events,
 )
@@ -53,8 +54,28 @@ def store(db: Database, event: dict[str, Any]) -> int:
         return row.id
 
 
-def deliver(db: Database, event: dict[str, Any]) -> FollowUps:
-    return apply_event(db, SETTINGS, store(db, event))
+def apply(db: Database) -> BatchResult:
+    return apply_batch(db, SETTINGS)
+
+
+def deliver(db: Database, event: dict[str, Any]) -> BatchResult:
+    store(db, event)
+    return apply(db)
+
+
+def kinds(result: BatchResult, kind: str) -> list[str]:
+    return [f.subject for f in result.follow_ups if f.kind == kind]
+
+
+def requests_written(db: Database) -> list[str]:
+    with db.read_session() as session:
+        return list(
+            session.scalars(
+                select(OutboxItem.subject)
+                .where(OutboxItem.kind == OutboxKind.REQUEST_EXPORT)
+                .order_by(OutboxItem.id)
+            )
+        )
 
 
 def success(conn: str, at: datetime, status: str = "authorized") -> dict[str, Any]:
@@ -99,11 +120,12 @@ def exports(db: Database) -> list[Export]:
 
 def test_success_requests_one_export_and_repeat_changes_nothing(db: Database) -> None:
     event = success("c1", T0)
-    first = deliver(db, event)
-    assert len(first.run_exports) == 1
+    deliver(db, event)
+    assert requests_written(db) == [str(exports(db)[0].id)]
     inbox_id = store(db, {**success("c1", T0 + timedelta(seconds=1))})
-    assert apply_event(db, SETTINGS, inbox_id).run_exports == []
-    assert apply_event(db, SETTINGS, inbox_id).run_exports == []  # same row again: no-op
+    assert apply(db).applied == [inbox_id]
+    assert apply(db).claimed == 0  # the same row is not claimed again
+    assert len(requests_written(db)) == 1
     assert connection(db, "c1").status == "authorized"
     assert [e.status for e in exports(db)] == ["requested"]
     with db.read_session() as session:
@@ -113,16 +135,17 @@ def test_success_requests_one_export_and_repeat_changes_nothing(db: Database) ->
 def test_revocation_before_success_ends_revoked_without_export(db: Database) -> None:
     deliver(db, revoked("c2", T0 + timedelta(minutes=5)))
     follow = deliver(db, success("c2", T0 + timedelta(minutes=10)))  # re-dated retry
-    assert follow.run_exports == []
-    assert follow.verify_connections == [connection(db, "c2").id]
+    assert requests_written(db) == []
+    assert kinds(follow, OutboxKind.VERIFY_CONNECTION) == [connection(db, "c2").id]
     assert connection(db, "c2").status == "revoked"
     assert exports(db) == []
 
 
 def test_export_success_before_connection_success(db: Database) -> None:
     follow = deliver(db, export_success("c3", "task-3", T0 + timedelta(minutes=2)))
-    assert len(follow.ingest_exports) == 1
-    assert deliver(db, success("c3", T0)).run_exports == []
+    assert len(kinds(follow, OutboxKind.INGEST_EXPORT)) == 1
+    deliver(db, success("c3", T0))
+    assert requests_written(db) == []
     (export,) = exports(db)
     assert (export.status, export.task_id, export.stats_total) == ("downloading", "task-3", 3)
     assert connection(db, "c3").status == "authorized"
@@ -132,7 +155,8 @@ def test_export_success_twice_downloads_once(db: Database) -> None:
     deliver(db, success("c4", T0))
     first = deliver(db, export_success("c4", "task-4", T0 + timedelta(minutes=1)))
     again = deliver(db, export_success("c4", "task-4", T0 + timedelta(minutes=2)))
-    assert len(first.ingest_exports) == 1 and again.ingest_exports == []
+    assert len(kinds(first, OutboxKind.INGEST_EXPORT)) == 1
+    assert kinds(again, OutboxKind.INGEST_EXPORT) == []
     (export,) = exports(db)  # the requested export took the task id
     assert export.status == "downloading"
     assert export.file_expires_at == T0 + timedelta(minutes=1, hours=24)
@@ -144,7 +168,7 @@ def test_success_after_timeout_is_processed(db: Database) -> None:
         export = session.scalars(select(Export)).one()
         export.status, export.task_id = "timed_out", "task-5"
     follow = deliver(db, export_success("c5", "task-5", T0 + timedelta(hours=2)))
-    assert len(follow.ingest_exports) == 1
+    assert len(kinds(follow, OutboxKind.INGEST_EXPORT)) == 1
     assert exports(db)[0].status == "downloading"
 
 
@@ -155,11 +179,13 @@ def test_export_failed_records_reason_and_alerts(db: Database) -> None:
         {"org_connection_id": "c6", "task_id": "task-6", "failure_reason": "token_refresh_failure"},
         date=T0 + timedelta(minutes=1),
     )
-    follow = deliver(db, failed)
+    deliver(db, failed)
     (export,) = exports(db)
     assert (export.status, export.failure_reason) == ("failed", "token_refresh_failure")
-    assert [a.kind for a in follow.alerts] == ["export_failed"]
-    assert "token_refresh_failure" in follow.alerts[0].message
+    with db.read_session() as session:
+        (alert,) = session.scalars(select(Alert)).all()
+    assert alert.kind == "export_failed"
+    assert "token_refresh_failure" in alert.message
 
 
 def test_revocation_cancels_exports_and_marks_records(db: Database) -> None:
@@ -178,7 +204,7 @@ def test_revocation_cancels_exports_and_marks_records(db: Database) -> None:
             )
         )
     follow = deliver(db, revoked("c7", T0 + timedelta(hours=1)))
-    assert follow.cancelled_exports == [exports(db)[0].id]
+    assert kinds(follow, OutboxKind.CANCEL_EXPORT) == [str(exports(db)[0].id)]
     assert exports(db)[0].status == "cancelled"
     with db.read_session() as session:
         assert session.scalars(select(Resource.revoked)).all() == [True]
@@ -203,7 +229,8 @@ def test_any_order_of_connect_export_revoke_ends_revoked_and_cancelled(
 
 def test_unknown_type_is_stored_and_ignored(db: Database) -> None:
     inbox_id = store(db, envelope("patient.request_support", {"message": "help"}))
-    assert apply_event(db, SETTINGS, inbox_id) == FollowUps()
+    result = apply(db)
+    assert (result.ignored, result.follow_ups) == ([inbox_id], [])
     with db.read_session() as session:
         assert session.get(InboxEvent, inbox_id).status == "ignored"  # type: ignore[union-attr]
 
@@ -228,17 +255,28 @@ def test_tefca_event_without_ids_is_applied_without_a_connection(db: Database) -
         assert session.scalars(select(InboxEvent.status)).one() == "applied"
 
 
-def test_invalid_payload_is_rejected_for_parking(db: Database) -> None:
+def test_invalid_payload_is_retried_then_parked_with_an_alert(db: Database) -> None:
     event = envelope("patient.ehi_export_failed", {"org_connection_id": ["not", "a", "string"]})
-    with pytest.raises(EventRejected):
-        deliver(db, event)
+    inbox_id = store(db, event)
+    settings = Settings(_env_file=None, event_max_attempts=2)  # type: ignore[call-arg]
+    first = apply_batch(db, settings, now=T0)
+    assert first.applied == [] and first.parked == []
+    assert first.failures[0].next_attempt_at == T0 + timedelta(seconds=1)
+    assert apply_batch(db, settings, now=T0).claimed == 0  # not due yet
+    second = apply_batch(db, settings, now=T0 + timedelta(seconds=1))
+    assert second.parked == [inbox_id]
+    with db.read_session() as session:
+        row = session.get(InboxEvent, inbox_id)
+        assert row is not None and (row.status, row.attempts) == ("parked", 2)
+        assert "does not validate" in (row.last_error or "")
+        assert [a.kind for a in session.scalars(select(Alert))] == ["event_parked"]
 
 
 def test_replay_runs_an_event_again(db: Database) -> None:
     inbox_id = store(db, success("c9", T0))
-    apply_event(db, SETTINGS, inbox_id)
+    apply(db)
     assert replay_events(db, [inbox_id]) == 1
-    apply_event(db, SETTINGS, inbox_id)
+    assert apply(db).applied == [inbox_id]
     with db.read_session() as session:
         row = session.get(InboxEvent, inbox_id)
         assert row is not None and (row.apply_count, row.replays) == (2, 1)

@@ -10,11 +10,12 @@ import uuid
 from sqlalchemy import select
 
 from ehi_bridge.api import repository as api_repo
+from ehi_bridge.config import Settings
 from ehi_bridge.dashboard import repository as dashboard_repo
 from ehi_bridge.db.engine import Database
-from ehi_bridge.webhooks import repository as inbox_repo
 from ehi_bridge.webhooks.inbox import Delivery, InboxWriter
 from ehi_bridge.webhooks.models import InboxEvent, InboxStatus
+from ehi_bridge.webhooks.service import apply_batch
 from tests.integration.api.factories import make_event
 
 INDEX = "ix_inbox_events_org_connection_id"
@@ -66,9 +67,7 @@ def test_answered_deliveries_enter_the_index_only_when_handed_on(db: Database) -
         writer.stop()
     assert _index_entries(db) == 0
 
-    with db.session() as session:
-        ids = [row_id for row_id, _ in inbox_repo.received_batch(session, 25)]
-        inbox_repo.mark_queued(session, ids)
+    assert apply_batch(db, Settings(_env_file=None), limit=25).claimed == 25  # type: ignore[call-arg]
     assert _index_entries(db) == 25
     with db.read_session() as session:
         found = api_repo.timeline(session, "org-a")
@@ -77,7 +76,7 @@ def test_answered_deliveries_enter_the_index_only_when_handed_on(db: Database) -
 
 def _seed(db: Database) -> list[int]:
     """Events of org-a (newest last) in every status, interleaved with org-b's; org-a's ids."""
-    statuses = [InboxStatus.APPLIED, InboxStatus.RECEIVED, InboxStatus.QUEUED]
+    statuses = [InboxStatus.APPLIED, InboxStatus.RECEIVED, InboxStatus.RETRY]
     statuses += [InboxStatus.PARKED, InboxStatus.RECEIVED, InboxStatus.IGNORED]
     mine = []
     with db.session() as session:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-12-02 04:36:36.144436
+Create Date: 2026-12-04 14:37:50.625560
 """
 
 from collections.abc import Sequence
@@ -163,6 +163,7 @@ def upgrade() -> None:
         sa.Column("replays", sa.Integer(), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("applied_at", ehi_bridge.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("next_attempt_at", ehi_bridge.db.base.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_inbox_events")),
         sa.UniqueConstraint("event_id", name=op.f("uq_inbox_events_event_id")),
     )
@@ -205,6 +206,31 @@ def upgrade() -> None:
             batch_op.f("ix_ingest_errors_connection_id"), ["connection_id"], unique=False
         )
         batch_op.create_index(batch_op.f("ix_ingest_errors_export_id"), ["export_id"], unique=False)
+
+    op.create_table(
+        "outbox",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("workflow_id", sa.String(length=255), nullable=False),
+        sa.Column("kind", sa.String(length=32), nullable=False),
+        sa.Column("subject", sa.String(length=255), nullable=False),
+        sa.Column("created_at", ehi_bridge.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("started_at", ehi_bridge.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox")),
+        sa.UniqueConstraint("workflow_id", name=op.f("uq_outbox_workflow_id")),
+    )
+    with op.batch_alter_table("outbox", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_outbox_not_started",
+            ["id"],
+            unique=False,
+            sqlite_where=sa.text("started_at IS NULL"),
+            postgresql_where=sa.text("started_at IS NULL"),
+        )
 
     op.create_table(
         "exports",
@@ -301,6 +327,14 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_exports_connection_id"))
 
     op.drop_table("exports")
+    with op.batch_alter_table("outbox", schema=None) as batch_op:
+        batch_op.drop_index(
+            "ix_outbox_not_started",
+            sqlite_where=sa.text("started_at IS NULL"),
+            postgresql_where=sa.text("started_at IS NULL"),
+        )
+
+    op.drop_table("outbox")
     with op.batch_alter_table("ingest_errors", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_ingest_errors_export_id"))
         batch_op.drop_index(batch_op.f("ix_ingest_errors_connection_id"))

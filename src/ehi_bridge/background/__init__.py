@@ -1,0 +1,1 @@
+"""The background process's plumbing: its context, stage limits, executor lock, supervision."""

@@ -1,0 +1,62 @@
+"""Bounded concurrency per export stage, and a pace for requests to Fasten.
+
+Workflows are coroutines that hold nothing while they wait (``DBOS.sleep_async``); only the
+step doing I/O holds its stage's slot. So a thousand exports waiting on Fasten cost no
+threads and block no download or ingest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from ehi_bridge.config import Settings
+
+
+def next_slot(now: float, next_free: float, interval: float) -> tuple[float, float]:
+    """When the next request may go (``start``) and when the one after it may (pure)."""
+    start = max(now, next_free)
+    return start, start + interval
+
+
+@dataclass
+class Pace:
+    """At most ``per_second`` starts per second, spaced evenly (0: unlimited)."""
+
+    per_second: float
+    clock: Callable[[], float] = time.monotonic
+    _next_free: float = 0.0
+
+    async def wait(self) -> None:
+        if self.per_second <= 0:
+            return
+        now = self.clock()
+        start, self._next_free = next_slot(now, self._next_free, 1.0 / self.per_second)
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+@dataclass
+class StageLimits:
+    requests: asyncio.Semaphore
+    downloads: asyncio.Semaphore
+    ingests: asyncio.Semaphore
+    pace: Pace = field(default_factory=lambda: Pace(0))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> StageLimits:
+        return cls(
+            requests=asyncio.Semaphore(settings.fasten_request_concurrency),
+            downloads=asyncio.Semaphore(settings.download_concurrency),
+            ingests=asyncio.Semaphore(settings.ingest_concurrency),
+            pace=Pace(settings.fasten_requests_per_second),
+        )
+
+    @asynccontextmanager
+    async def fasten_request(self) -> AsyncIterator[None]:
+        async with self.requests:
+            await self.pace.wait()
+            yield
