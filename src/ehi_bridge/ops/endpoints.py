@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -77,11 +78,25 @@ def _check_inbox(ctx: AppContext) -> Check:
     return Check(ok=True, detail="within threshold", value=lag)
 
 
+def _stall_window(ctx: AppContext) -> timedelta:
+    return timedelta(minutes=ctx.settings.export_stall_minutes)
+
+
+def _check_exports(ctx: AppContext) -> Check:
+    """Stalled exports are counted and alerted, but they do not make the process unready:
+    taking it out of rotation would stop webhooks too, which would not help them."""
+    with ctx.db.read_session() as session:
+        stalled = repository.stalled_exports(session, utcnow(), _stall_window(ctx))
+    detail = f"{stalled} stalled (see alerts)" if stalled else "none stalled"
+    return Check(ok=True, detail=detail, value=float(stalled))
+
+
 CHECKS: dict[str, Callable[[AppContext], Check]] = {
     "database": _check_database,
     "migrations": _check_migrations,
     "runtime": _check_runtime,
     "inbox": _check_inbox,
+    "exports": _check_exports,
 }
 
 
@@ -121,8 +136,10 @@ def _refresh_gauges(ctx: AppContext) -> None:
     with ctx.db.read_session() as session:
         oldest = repository.oldest_unprocessed_at(session)
         by_status = repository.exports_count_by_status(session)
+        stalled = repository.stalled_exports(session, utcnow(), _stall_window(ctx))
     lag = 0.0 if oldest is None else max(0.0, (utcnow() - oldest).total_seconds())
     metrics.processing_lag_seconds.set(lag)
+    metrics.exports_stalled.set(stalled)
     metrics.exports_by_status.clear()
     for status, count in by_status.items():
         metrics.exports_by_status.labels(status=status).set(count)

@@ -47,12 +47,18 @@ alerts_sent_total = Counter(
 # Set from the database on each scrape.
 processing_lag_seconds = Gauge(
     "ehi_bridge_processing_lag_seconds",
-    "Age of the oldest inbox event not yet processed (received or queued); 0 when none.",
+    "Age of the oldest inbox event not yet processed (received or waiting to retry); 0 when none.",
     registry=REGISTRY,
 )
 exports_by_status = Gauge(
     "ehi_bridge_exports_by_status",
     "Exports in the database, by status.",
     ["status"],
+    registry=REGISTRY,
+)
+exports_stalled = Gauge(
+    "ehi_bridge_exports_stalled",
+    "Exports our side has not moved for EHI_EXPORT_STALL_MINUTES (not asked, downloading, "
+    "ingesting).",
     registry=REGISTRY,
 )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from ehi_bridge.exports import repository as exports_repo
 from ehi_bridge.exports.models import Export
 from ehi_bridge.webhooks.models import InboxEvent, InboxStatus
 
@@ -18,7 +19,7 @@ def ping(session: Session) -> None:
 
 
 def oldest_unprocessed_at(session: Session) -> datetime | None:
-    """``received_at`` of the oldest event still received or queued (one indexed probe per
+    """``received_at`` of the oldest event still received or waiting to retry (one indexed probe per
     status on ``(status, id)``; ids grow with arrival)."""
     oldest: datetime | None = None
     for status in UNPROCESSED:
@@ -31,6 +32,10 @@ def oldest_unprocessed_at(session: Session) -> datetime | None:
         if at is not None and (oldest is None or at < oldest):
             oldest = at
     return oldest
+
+
+def stalled_exports(session: Session, now: datetime, quiet_for: timedelta) -> int:
+    return len(exports_repo.stalled(session, now, quiet_for, limit=10_000))
 
 
 def exports_count_by_status(session: Session) -> dict[str, int]:

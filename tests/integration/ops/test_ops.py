@@ -36,6 +36,7 @@ def test_readyz_ok(client: TestClient, db: Database) -> None:
         "migrations": True,
         "runtime": True,
         "inbox": True,
+        "exports": True,
     }
 
 
