@@ -105,7 +105,7 @@ def serve(
     if background:
         lock = ExecutorLock(settings.resolved_database_url, settings.executor_id)
         try:
-            lock.acquire(wait_seconds=15.0)
+            lock.acquire(wait_seconds=5.0)
         except ExecutorIdInUse as exc:
             typer.echo(f"error: {exc}", err=True)
             _exit_now(1)
@@ -132,24 +132,31 @@ def worker() -> None:
     import signal
     import threading
 
+    from ehi_bridge.background.executor_lock import ExecutorIdInUse, ExecutorLock
     from ehi_bridge.db.engine import Database
     from ehi_bridge.db.migrate import ensure_schema
     from ehi_bridge.runtime import Runtime
 
     settings = _settings()
+    lock = ExecutorLock(settings.resolved_database_url, settings.executor_id)
+    try:
+        lock.acquire(wait_seconds=5.0)
+    except ExecutorIdInUse as exc:
+        typer.echo(f"error: {exc}", err=True)
+        _exit_now(1)
     ensure_schema(settings.resolved_database_url)
     db = Database(settings.resolved_database_url)
-    runtime = Runtime(settings, db)
+    runtime = Runtime(settings, db, lock_held_by_caller=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     runtime.start()
     try:
-        while not stop.wait(1.0):
-            runtime.wake()  # other processes' deliveries: poll the inbox
+        stop.wait()
     finally:
         runtime.stop()
         db.dispose()
+        lock.release()
     _exit_now(0)
 
 

@@ -70,7 +70,7 @@ class Runtime:
     _wake_applier: threading.Event = field(default_factory=threading.Event)
     _wake_launcher: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
-    lock_held_by_parent: bool = False
+    lock_held_by_caller: bool = False
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: ExecutorLock | None = None
 
@@ -82,7 +82,7 @@ class Runtime:
         return time.monotonic() - self.heartbeat
 
     def start(self) -> None:
-        if not self.lock_held_by_parent:
+        if not self.lock_held_by_caller:
             self._lock = ExecutorLock(
                 self.settings.resolved_database_url, self.settings.executor_id
             )

@@ -35,7 +35,7 @@ class Service:
         self.db = Database(settings.resolved_database_url)
         in_process = background and not settings.background_process
         # `serve` holds the executor lock for this process.
-        self.runtime = Runtime(settings, self.db, lock_held_by_parent=True) if in_process else None
+        self.runtime = Runtime(settings, self.db, lock_held_by_caller=True) if in_process else None
         self.child = BackgroundChild(settings) if background and not in_process else None
         self.writer = InboxWriter(self.db, on_commit=self.runtime.wake if self.runtime else None)
         self.receiver = WebhookReceiver(

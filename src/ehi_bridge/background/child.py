@@ -142,7 +142,7 @@ def main() -> None:
     configure_logging(settings.log_level, settings.log_json)
     db = Database(settings.resolved_database_url)
     # The parent holds the executor lock for both processes.
-    runtime = Runtime(settings, db, lock_held_by_parent=True)
+    runtime = Runtime(settings, db, lock_held_by_caller=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
