@@ -99,7 +99,7 @@ def lock_for_events(session: Session, org_connection_ids: dict[str, str]) -> dic
     ]
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     session.execute(
-        insert(Connection).values(rows).on_conflict_do_nothing(index_elements=["org_connection_id"])
+        insert(Connection).on_conflict_do_nothing(index_elements=["org_connection_id"]), rows
     )
     found = session.scalars(
         select(Connection)

@@ -54,9 +54,8 @@ def add(session: Session, *items: FollowUp) -> None:
         for i in items
     ]
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    session.execute(
-        insert(OutboxItem).values(rows).on_conflict_do_nothing(index_elements=["workflow_id"])
-    )
+    # Parameters apart from the statement: one cached statement, not one compile per call.
+    session.execute(insert(OutboxItem).on_conflict_do_nothing(index_elements=["workflow_id"]), rows)
 
 
 def claim_not_started(session: Session, limit: int) -> list[FollowUp]:
