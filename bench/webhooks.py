@@ -299,6 +299,11 @@ def main_background(args: argparse.Namespace) -> None:
             f"{with_bg['rps'] / alone['rps']:.0%}, p99 {with_bg['p99_ms']:.1f} ms, "
             f"drain {with_bg['drain_per_s']:,.0f} events/s"
         )
+        if with_bg["waiting_after"] == 0:
+            print(
+                "  the backlog ran out during the run: the drain rate is a lower bound; "
+                "raise --backlog"
+            )
     print(orjson.dumps(rows).decode())
 
 
