@@ -186,11 +186,16 @@ def stats(json_output: bool = typer.Option(False, "--json", help="Print JSON."))
     Console().print(table)
 
 
+DEMO_MAX_PATIENTS = 100
+
+
 @app.command()
 def demo(
     port: int = typer.Option(8000, help="Port of the service."),
     data_dir: Path = typer.Option(Path("./data/demo"), help="Where the demo's SQLite lives."),
-    patients: int = typer.Option(3, min=1, max=10, help="Simulated patients to connect."),
+    patients: int = typer.Option(
+        3, min=1, max=DEMO_MAX_PATIENTS, help="Simulated patients to connect."
+    ),
     exit_when_done: bool = typer.Option(False, help="Stop once the records have landed."),
 ) -> None:
     """Run ehi-bridge and the Fasten simulator with sample patients (SQLite, nothing to set up)."""

@@ -27,6 +27,7 @@ from ehi_bridge.exports.models import Export
 from ehi_bridge.exports.state import ExportStatus
 from ehi_bridge.server import Service
 from ehi_bridge.simulator.config import SimulatorConfig
+from ehi_bridge.simulator.datasets import patient_count
 from ehi_bridge.simulator.server import SimulatorServer
 
 console = Console(highlight=False, soft_wrap=True)
@@ -125,7 +126,10 @@ def run_demo(
             console.print(f"[bold]ehi-bridge[/] is up at {base}  (Fasten simulator: {sim.api_url})")
             before = len(_export_statuses(service))
             for index in range(patients):
-                sim.sim.connect(external_id=f"demo-user-{index + 1}", patient_index=index)
+                # More patients than the sample has: the sample's patients again, in turn.
+                sim.sim.connect(
+                    external_id=f"demo-user-{index + 1}", patient_index=index % patient_count()
+                )
             console.print(f"connected {patients} simulated patients; waiting for their records…")
             deadline = time.monotonic() + 180
             while time.monotonic() < deadline:
