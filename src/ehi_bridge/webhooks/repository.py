@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, func, select, text, update
+from sqlalchemy import Select, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from ehi_bridge.webhooks.models import HANDED_ON, InboxEvent, InboxStatus
@@ -68,6 +68,15 @@ def claim_due(session: Session, now: datetime, limit: int) -> list[PendingEvent]
     rows = [*session.execute(new), *session.execute(due)]
     rows.sort(key=lambda row: row[0])
     return [PendingEvent(*row) for row in rows[:limit]]
+
+
+def still_due(session: Session, ids: Sequence[int], now: datetime) -> set[int]:
+    """Which of ``ids`` are still due (read again inside the write transaction)."""
+    due = or_(
+        InboxEvent.status == InboxStatus.RECEIVED,
+        (InboxEvent.status == InboxStatus.RETRY) & (InboxEvent.next_attempt_at <= now),
+    )
+    return set(session.scalars(select(InboxEvent.id).where(InboxEvent.id.in_(ids), due)))
 
 
 def finish(

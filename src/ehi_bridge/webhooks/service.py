@@ -110,23 +110,31 @@ def parse(row: PendingEvent) -> _Parsed:
 def apply_batch(
     db: Database, settings: Settings, *, limit: int = DEFAULT_BATCH, now: datetime | None = None
 ) -> BatchResult:
-    """Apply up to ``limit`` due events in one transaction; what was done."""
+    """Apply up to ``limit`` due events in one transaction; what was done.
+
+    On SQLite the rows are read and their payloads validated before the write transaction
+    (which excludes every other writer, the webhook receiver's included, for as long as it
+    lasts) and only those still due when it begins are applied. On PostgreSQL they are
+    claimed inside it (``SKIP LOCKED``), so concurrent appliers take different rows.
+    """
     now = now or utcnow()
-    result = BatchResult()
+    early = None
+    if db.is_sqlite:
+        with db.read_session() as session:
+            early = _prepare(settings, inbox_repo.claim_due(session, now, limit), now)
+        if not early.rows:
+            return BatchResult()
     with db.session() as session:
-        rows = inbox_repo.claim_due(session, now, limit)
+        if early is None:
+            prepared = _prepare(settings, inbox_repo.claim_due(session, now, limit), now)
+        else:
+            prepared = early.keep(inbox_repo.still_due(session, early.ids(), now))
+        rows, parsed = prepared.rows, prepared.parsed
         if not rows:
-            return result
-        result.claimed = len(rows)
-        parsed: list[_Parsed] = []
-        for row in rows:
-            if row.event_type not in schemas.KNOWN_TYPES:
-                result.ignored.append(row.id)
-                continue
-            try:
-                parsed.append(parse(row))
-            except EventRejected as exc:
-                result.failures.append(_failure(settings, row, str(exc), now))
+            return BatchResult()
+        result = BatchResult(
+            claimed=len(rows), ignored=prepared.ignored, failures=prepared.failures
+        )
         ctx = _Context(session, settings, {})
         try:
             with session.begin_nested():
@@ -160,6 +168,40 @@ def apply_batch(
         outbox_repo.add(session, *ctx.follow_ups)
         result.follow_ups = ctx.follow_ups
     return result
+
+
+@dataclass
+class _Prepared:
+    """Claimed rows, sorted before any write: to apply, to ignore, failed validation."""
+
+    rows: list[PendingEvent]
+    parsed: list[_Parsed]
+    ignored: list[int]
+    failures: list[Failure]
+
+    def ids(self) -> list[int]:
+        return [row.id for row in self.rows]
+
+    def keep(self, ids: set[int]) -> _Prepared:
+        return _Prepared(
+            [r for r in self.rows if r.id in ids],
+            [p for p in self.parsed if p.row.id in ids],
+            [i for i in self.ignored if i in ids],
+            [f for f in self.failures if f.inbox_id in ids],
+        )
+
+
+def _prepare(settings: Settings, rows: list[PendingEvent], now: datetime) -> _Prepared:
+    prepared = _Prepared(rows, [], [], [])
+    for row in rows:
+        if row.event_type not in schemas.KNOWN_TYPES:
+            prepared.ignored.append(row.id)
+            continue
+        try:
+            prepared.parsed.append(parse(row))
+        except EventRejected as exc:
+            prepared.failures.append(_failure(settings, row, str(exc), now))
+    return prepared
 
 
 def _touched(parsed: Sequence[_Parsed]) -> dict[str, str]:
