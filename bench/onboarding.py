@@ -16,7 +16,11 @@ of each connection is its patient's ``resource_count`` (``GET /_sim/patients``).
 
 Observed from the outside every 0.5 s: the simulator's exports (``GET /_sim/exports``) and
 the service's REST API (``GET /api/exports``, a token made with ``ehi-bridge auth token
-create``). Printed, in seconds from the connect call:
+create``). Printed, in seconds from the start of the connect call:
+
+- connect: the control call itself returned (the simulator created the N connections);
+- webhooks: the simulator's N ``connection_success`` deliveries were all answered 2xx
+  (``GET /_sim/deliveries``, every 2 s until then): the simulator's own share;
 
 - requested: every connection has an export at the simulator (the service asked for it);
 - downloaded: every export is past ``downloading`` in the API (``ingesting``, ``complete``
@@ -161,20 +165,30 @@ def bench_once(
         ):
             counts = {p["index"]: p["resource_count"] for p in control.get("/_sim/patients").json()}
             began = time.monotonic()
-            created = control.post("/_sim/connections", json={"count": patients})
+            created = control.post("/_sim/connections", json={"count": patients}, timeout=timeout)
             created.raise_for_status()
+            result["connect_call_s"] = round(time.monotonic() - began, 2)
             expected = {c["org_connection_id"]: counts[c["patient_index"]] for c in created.json()}
             total = sum(expected.values())
             result["resources"] = total
             reached: dict[str, float | None] = dict.fromkeys(
-                ("requested", "downloaded", "queryable")
+                ("webhooks", "requested", "downloaded", "queryable")
             )
+            delivered = 0
+            last_deliveries = 0.0
             progress: dict[str, int] = {}
             last_print = 0.0
             while time.monotonic() - began < timeout:
                 for proc in procs:
                     if proc.poll() is not None:
                         raise SystemExit(f"a process exited with {proc.returncode}")
+                if reached["webhooks"] is None and time.monotonic() - last_deliveries >= 2:
+                    # The simulator's own share: its connection_success webhooks answered.
+                    last_deliveries = time.monotonic()
+                    deliveries = control.get(
+                        "/_sim/deliveries", params={"event_type": "patient.connection_success"}
+                    ).json()
+                    delivered = sum(d["state"] == "delivered" for d in deliveries)
                 sim_exports = control.get("/_sim/exports").json()
                 org_of_task = {e["task_id"]: e["org_connection_id"] for e in sim_exports}
                 exports = _api_exports(api)
@@ -188,6 +202,7 @@ def bench_once(
                     and e["ingested_total"] == expected.get(org_of_task[e["task_id"]])
                 ]
                 progress = {
+                    "webhooks": delivered,
                     "requested": requested,
                     "downloaded": downloaded,
                     "queryable": len(queryable),
@@ -260,13 +275,15 @@ def main() -> None:
                 )
     print(f"export delay {args.export_delay} s; load average {psutil.getloadavg()[0]:.1f}")
     print(
-        f"{'backend':<10}{'patients':>9}{'resources':>10}{'requested s':>12}{'downloaded s':>13}"
+        f"{'backend':<10}{'patients':>9}{'resources':>10}{'connect s':>10}{'webhooks s':>11}"
+        f"{'requested s':>12}{'downloaded s':>13}"
         f"{'queryable s':>12}{'resources/s':>12}{'verified':>9}"
     )
     for r in rows:
         rate = r["resources_per_s"]
         print(
             f"{r['backend']:<10}{r['patients']:>9,}{r['resources']:>10,}"
+            f"{_fmt(r['connect_call_s']):>10}{_fmt(r['webhooks_s']):>11}"
             f"{_fmt(r['requested_s']):>12}{_fmt(r['downloaded_s']):>13}"
             f"{_fmt(r['queryable_s']):>12}{'—' if rate is None else f'{rate:,}':>12}"
             f"{r['verified']:>9,}"
