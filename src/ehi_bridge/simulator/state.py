@@ -357,6 +357,9 @@ class Simulator:
         self.connections: dict[str, Connection] = {}
         self.exports: dict[str, Export] = {}
         self.deliveries: list[Delivery] = []
+        # The deliveries in state "pending": what ``due_deliveries`` looks through (all of
+        # ``deliveries`` grows with every event and was scanned on every wake-up).
+        self._pending: list[Delivery] = []
         self.storage_log: list[StorageRequest] = []
         self._holding = False
         self._seq = 0
@@ -502,10 +505,11 @@ class Simulator:
     def connect_many(self, count: int, **kwargs: Any) -> list[Connection]:
         external_ids: list[str | None] | None = kwargs.pop("external_ids", None)
         out = []
-        for i in range(count):
-            if external_ids is not None:
-                kwargs["external_id"] = external_ids[i] if i < len(external_ids) else None
-            out.append(self.connect(**kwargs))
+        with self._lock:  # one burst: the sender picks the webhooks up together
+            for i in range(count):
+                if external_ids is not None:
+                    kwargs["external_id"] = external_ids[i] if i < len(external_ids) else None
+                out.append(self.connect(**kwargs))
         return out
 
     def set_default_behaviour(self, **changes: Any) -> Behaviour:
@@ -700,6 +704,8 @@ class Simulator:
                 ),
             )
             self.deliveries.append(delivery)
+            if delivery.state == "pending":
+                self._pending.append(delivery)
             out.append(delivery)
         self._wakeup()
         return out
@@ -736,6 +742,8 @@ class Simulator:
                 delivery.release_group = self._release_groups
                 delivery.next_attempt_at = now
                 delivery.release_rank = rank  # sent one after another in this order
+                if delivery.state == "pending":
+                    self._pending.append(delivery)
         self._wakeup()
         return held
 
@@ -744,13 +752,18 @@ class Simulator:
         with self._lock:
             now = self.clock.now()
             due = []
-            for d in self.deliveries:
-                if d.state != "pending" or d.next_attempt_at > now:
+            waiting = []
+            for d in self._pending:
+                if d.state != "pending":
+                    continue
+                if d.next_attempt_at > now:
+                    waiting.append(d)
                     continue
                 if d.api_mode in self.disabled_endpoints:
                     d.state = "endpoint_disabled"
                     continue
                 due.append(d)
+            self._pending = waiting
             due.sort(key=lambda d: (d.release_group or 0, d.release_rank, d.seq))
             for delivery in due:
                 delivery.state = "sending"
@@ -780,6 +793,7 @@ class Simulator:
                 return
             delivery.state = "pending"
             delivery.next_attempt_at = self.clock.now() + retries[done]
+            self._pending.append(delivery)
 
     def enable_endpoint(self, mode: Mode, recover: bool = False) -> list[Delivery]:
         """Re-enable a disabled webhook endpoint; ``recover`` re-sends what it missed."""
@@ -793,5 +807,7 @@ class Simulator:
                         d.state = "pending" if d.url else "no_url"
                         d.next_attempt_at = self.clock.now()
                         recovered.append(d)
+                        if d.state == "pending":
+                            self._pending.append(d)
         self._wakeup()
         return recovered
