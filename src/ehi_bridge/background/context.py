@@ -7,11 +7,12 @@ stops.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ehi_bridge.background.limits import StageLimits
-from ehi_bridge.config import Settings
+from ehi_bridge.config import Mode, Settings
 from ehi_bridge.db.engine import Database
+from ehi_bridge.fasten.client import FastenClient, client_for_mode
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,15 @@ class BackgroundContext:
     settings: Settings
     db: Database
     limits: StageLimits
+    _clients: dict[Mode, FastenClient] = field(default_factory=dict)
+
+    def fasten(self, mode: Mode) -> FastenClient:
+        """The process's client for ``mode``, kept for its connection pools (all workflows
+        run on one event loop). Built on first use: a mode without credentials raises."""
+        client = self._clients.get(mode)
+        if client is None:
+            client = self._clients[mode] = client_for_mode(self.settings, mode)
+        return client
 
 
 _current: BackgroundContext | None = None

@@ -10,7 +10,6 @@ from dbos import DBOS
 from ehi_bridge.background.context import current
 from ehi_bridge.config import Mode
 from ehi_bridge.connections import repository as connections_repo
-from ehi_bridge.fasten.client import client_for_mode
 from ehi_bridge.webhooks.service import reauthorize_if_confirmed
 
 log = structlog.get_logger(__name__)
@@ -33,7 +32,8 @@ async def _verify_step(connection_id: str) -> int | None:
         return None
     org_connection_id, mode = target
     try:
-        async with ctx.limits.fasten_request(), client_for_mode(ctx.settings, mode) as client:
+        client = ctx.fasten(mode)
+        async with ctx.limits.fasten_request():
             status = (await client.org_connection(org_connection_id)).status
     except Exception as exc:
         log.warning("connection check failed", error_type=type(exc).__name__)

@@ -20,7 +20,6 @@ from dbos import DBOS
 
 from ehi_bridge.background.context import current
 from ehi_bridge.exports import service
-from ehi_bridge.fasten.client import client_for_mode
 from ehi_bridge.fasten.errors import DownloadRefused, ExportFileGone
 from ehi_bridge.notify.service import notify_records_ingested
 from ehi_bridge.records.ingest import ingest_file
@@ -48,10 +47,8 @@ async def _request_step(export_id: int) -> dict[str, Any]:
     if target is None:
         return {"outcome": "skip"}
     try:
-        async with (
-            ctx.limits.fasten_request(),
-            client_for_mode(ctx.settings, target.mode) as client,
-        ):
+        client = ctx.fasten(target.mode)
+        async with ctx.limits.fasten_request():
             task = await client.create_export(target.org_connection_id)
     except Exception as exc:
         return {"outcome": "error", "error": type(exc).__name__}
@@ -94,7 +91,8 @@ async def _deadline_step(export_id: int) -> None:
     remote: str | None = None
     if task_id:
         try:
-            async with ctx.limits.fasten_request(), client_for_mode(ctx.settings, mode) as client:
+            client = ctx.fasten(mode)
+            async with ctx.limits.fasten_request():
                 remote = (await client.export_status(task_id)).status
         except Exception as exc:
             log.warning("status poll failed", export_id=export_id, error_type=type(exc).__name__)
@@ -136,7 +134,8 @@ async def _download_step(export_id: int) -> dict[str, Any]:
         return {"outcome": "skip"}
     dest = service.download_path(ctx.settings, export_id)
     try:
-        async with ctx.limits.downloads, client_for_mode(ctx.settings, target.mode) as client:
+        client = ctx.fasten(target.mode)
+        async with ctx.limits.downloads:
             size = int((await client.download(target.url, dest)).bytes)
     except DownloadRefused as exc:
         host = getattr(exc, "host", "?")
