@@ -30,7 +30,7 @@ from sqlalchemy import create_engine, event
 from ehi_bridge import __version__
 from ehi_bridge.background.context import BackgroundContext, install
 from ehi_bridge.background.executor_lock import ExecutorLock
-from ehi_bridge.background.limits import StageLimits
+from ehi_bridge.background.limits import StageLimits, next_batch_size
 from ehi_bridge.config import Settings
 from ehi_bridge.connections.tasks import verify_connection_workflow
 from ehi_bridge.db.base import utcnow
@@ -71,6 +71,7 @@ class Runtime:
     _wake_launcher: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
     lock_held_by_caller: bool = False
+    _batch: int = 0  # the applier's current batch size (SQLite steers it)
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: ExecutorLock | None = None
 
@@ -120,7 +121,7 @@ class Runtime:
                 log.error("apply failed", error_type=type(exc).__name__)
                 self._stop.wait(1.0)
                 continue
-            if claimed < self.settings.apply_batch_size:
+            if claimed < (self._batch or self.settings.apply_batch_size):
                 self._wake_applier.wait(IDLE_POLL_SECONDS)
                 self._wake_applier.clear()
 
@@ -129,7 +130,13 @@ class Runtime:
             return inbox_repo.any_due(session, utcnow())
 
     def apply_once(self) -> int:
-        result = apply_batch(self.db, self.settings, limit=self.settings.apply_batch_size)
+        limit = self._batch or self.settings.apply_batch_size
+        started = time.perf_counter()
+        result = apply_batch(self.db, self.settings, limit=limit)
+        if self.db.is_sqlite and result.claimed:
+            elapsed = time.perf_counter() - started
+            maximum = self.settings.apply_batch_size
+            self._batch = next_batch_size(limit, elapsed, result.claimed, maximum)
         if result.follow_ups:
             self._wake_launcher.set()
         return result.claimed

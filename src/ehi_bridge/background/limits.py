@@ -22,6 +22,21 @@ def next_slot(now: float, next_free: float, interval: float) -> tuple[float, flo
     return start, start + interval
 
 
+# An SQLite write transaction of the applier holds the webhook receiver's commits back for as
+# long as it lasts, so its batch size is steered to keep it about this short.
+APPLY_TRANSACTION_TARGET_SECONDS = 0.010
+MIN_APPLY_BATCH = 8
+
+
+def next_batch_size(current: int, elapsed: float, claimed: int, maximum: int) -> int:
+    """Halve a batch that took too long; grow a full one that was quick (pure)."""
+    if elapsed > APPLY_TRANSACTION_TARGET_SECONDS:
+        return max(MIN_APPLY_BATCH, current // 2)
+    if claimed >= current:
+        return min(maximum, current + max(1, current // 4))
+    return current
+
+
 @dataclass
 class Pace:
     """At most ``per_second`` starts per second, spaced evenly (0: unlimited)."""

@@ -11,6 +11,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from ehi_bridge.db.write_gate import WriteGate
+
 
 def normalize_url(url: str) -> str:
     """Use psycopg 3 for ``postgresql://`` URLs (SQLAlchemy would pick psycopg2)."""
@@ -98,6 +100,9 @@ class Database:
     def __init__(self, url: str, **engine_kwargs: Any) -> None:
         self.url = normalize_url(url)
         self.is_sqlite = is_sqlite(self.url)
+        database = make_url(self.url).database if self.is_sqlite else None
+        on_disk = bool(database) and database != ":memory:" and "mode=memory" not in self.url
+        self._gate = WriteGate(str(Path(database).resolve())) if on_disk and database else None
         self.engine = make_engine(self.url, **engine_kwargs)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.read_sessions = sessionmaker(
@@ -109,6 +114,15 @@ class Database:
         """A session whose transaction commits on success and rolls back on error."""
         with self.sessions.begin() as session:
             yield session
+
+    @contextmanager
+    def hot_write(self) -> Iterator[None]:
+        """Around a write on the hot path: queue behind the other hot writers (SQLite)."""
+        if self._gate is None:
+            yield
+            return
+        with self._gate.hold():
+            yield
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:

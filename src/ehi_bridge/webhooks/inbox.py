@@ -350,21 +350,22 @@ class InboxWriter:
         connection = self._connection
         cursor = connection.cursor()
         try:
-            if self._tail_due.is_set():
-                # Between two batches, so nothing is appended meanwhile: this commit can
-                # start the WAL over.
-                self._tail_due.clear()
-                cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            if len(chunks) == 1:
-                # Autocommit: the statement is its own transaction. On SQLite it commits in
-                # the same sqlite3_step (BEGIN and COMMIT would each hand the GIL back and
-                # forth with the event loop once more); on PostgreSQL it is one round trip.
-                cursor.execute(*chunks[0])
-            else:
-                cursor.execute("BEGIN IMMEDIATE" if self._db.is_sqlite else "BEGIN")
-                for sql, params in chunks:
-                    cursor.execute(sql, params)
-                cursor.execute("COMMIT")
+            with self._db.hot_write():
+                if self._tail_due.is_set():
+                    # Between two batches, so nothing is appended meanwhile: this commit can
+                    # start the WAL over.
+                    self._tail_due.clear()
+                    cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                if len(chunks) == 1:
+                    # Autocommit: the statement is its own transaction. On SQLite it commits in
+                    # the same sqlite3_step (BEGIN and COMMIT would each hand the GIL back and
+                    # forth with the event loop once more); on PostgreSQL it is one round trip.
+                    cursor.execute(*chunks[0])
+                else:
+                    cursor.execute("BEGIN IMMEDIATE" if self._db.is_sqlite else "BEGIN")
+                    for sql, params in chunks:
+                        cursor.execute(sql, params)
+                    cursor.execute("COMMIT")
             self._commits += 1
         except BaseException:
             with contextlib.suppress(Exception):

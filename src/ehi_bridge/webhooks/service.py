@@ -124,7 +124,7 @@ def apply_batch(
             early = _prepare(settings, inbox_repo.claim_due(session, now, limit), now)
         if not early.rows:
             return BatchResult()
-    with db.session() as session:
+    with db.hot_write(), db.session() as session:
         if early is None:
             prepared = _prepare(settings, inbox_repo.claim_due(session, now, limit), now)
         else:

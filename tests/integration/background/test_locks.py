@@ -1,0 +1,99 @@
+"""The executor lock (one live process per executor id) and the SQLite write gate."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ehi_bridge.background.executor_lock import ExecutorIdInUse, ExecutorLock
+from ehi_bridge.db.write_gate import WriteGate
+
+
+def test_one_holder_per_executor_id(database_url: str) -> None:
+    first = ExecutorLock(database_url, "node-a")
+    first.acquire(wait_seconds=0)
+    try:
+        with pytest.raises(ExecutorIdInUse, match="EHI_EXECUTOR_ID"):
+            ExecutorLock(database_url, "node-a").acquire(wait_seconds=0.5)
+        other = ExecutorLock(database_url, "node-b")
+        other.acquire(wait_seconds=0)
+        other.release()
+    finally:
+        first.release()
+    again = ExecutorLock(database_url, "node-a")
+    again.acquire(wait_seconds=0)
+    again.release()
+
+
+def test_a_waiting_process_gets_the_lock_once_the_holder_exits(database_url: str) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from ehi_bridge.background.executor_lock import ExecutorLock\n"
+            f"ExecutorLock({database_url!r}, 'node-c').acquire(0)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(1.5)\n",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        with pytest.raises(ExecutorIdInUse):
+            ExecutorLock(database_url, "node-c").acquire(wait_seconds=0)
+        waiting = ExecutorLock(database_url, "node-c")
+        waiting.acquire(wait_seconds=30)  # the holder exits (no release) and the lock frees
+        waiting.release()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_write_gate_lets_one_writer_in_at_a_time(tmp_path: Path) -> None:
+    gate = WriteGate(str(tmp_path / "db.sqlite3"))
+    inside = 0
+    most = 0
+    lock = threading.Lock()
+
+    def writer() -> None:
+        nonlocal inside, most
+        for _ in range(20):
+            with gate.hold():
+                with lock:
+                    inside += 1
+                    most = max(most, inside)
+                time.sleep(0.001)
+                with lock:
+                    inside -= 1
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most == 1
+
+
+def test_write_gate_holds_another_process_back(tmp_path: Path) -> None:
+    database = str(tmp_path / "db.sqlite3")
+    gate = WriteGate(database)
+    script = (
+        "import time\n"
+        "from ehi_bridge.db.write_gate import WriteGate\n"
+        f"gate = WriteGate({database!r})\n"
+        "start = time.monotonic()\n"
+        "with gate.hold():\n"
+        "    print(round(time.monotonic() - start, 3), flush=True)\n"
+    )
+    with gate.hold():
+        other = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+        time.sleep(1.0)
+        assert other.poll() is None  # still queued behind us
+    out, _ = other.communicate(timeout=30)
+    assert other.returncode == 0 and float(out) > 0.0
