@@ -48,6 +48,9 @@ class Settings(BaseSettings):
 
     webhook_max_body_bytes: int = 1024 * 1024
     webhook_tolerance_seconds: int = 300
+    webhook_max_json_depth: int = Field(
+        default=32, ge=2, le=200, description="Deeper webhook bodies are refused (400)"
+    )
     signature_failure_alert_threshold: int = 20
     signature_failure_alert_window_seconds: float = 60.0
     event_max_attempts: int = 5

@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-12-02 04:36:36.144436
+Create Date: 2026-12-04 14:33:49.068677
 """
 
 from collections.abc import Sequence
@@ -164,7 +164,7 @@ def upgrade() -> None:
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("applied_at", ehi_bridge.db.base.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_inbox_events")),
-        sa.UniqueConstraint("event_id", name=op.f("uq_inbox_events_event_id")),
+        sa.UniqueConstraint("event_id", "api_mode", name=op.f("uq_inbox_events_event_id")),
     )
     with op.batch_alter_table("inbox_events", schema=None) as batch_op:
         batch_op.create_index(
