@@ -78,6 +78,24 @@ class Settings(BaseSettings):
     )
     connect_mode: Mode = Field(default="test", description="Mode of the connect page's widget")
 
+    api_max_body_bytes: int = Field(
+        default=256 * 1024, ge=1024, description="Largest body of an API or dashboard request"
+    )
+    public_max_body_bytes: int = Field(
+        default=16 * 1024, ge=1024, description="Largest body of POST /api/connect/complete"
+    )
+    public_api_docs: bool = Field(
+        default=False, description="Serve /openapi.json, /docs and /redoc without a token"
+    )
+    allow_live_connect: bool = Field(
+        default=False, description="Let the connect page's caller choose api_mode=live"
+    )
+    max_header_bytes: int = Field(
+        default=32 * 1024, ge=4096, description="Larger request heads are answered 431"
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="A connection must send its request head within this"
+    )
     metrics_require_token: bool = Field(
         default=False, description="Require an API token for /metrics"
     )

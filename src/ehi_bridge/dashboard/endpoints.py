@@ -46,6 +46,9 @@ CSP = (
     "object-src 'none'"
 )
 
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"  # NUL is refused by PostgreSQL; no control characters
+MAX_ROW_ID = 2**63 - 1
+
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 
@@ -231,12 +234,14 @@ def connections(
     request: Request,
     user: UserDep,
     session: ReadSession,
-    q: Annotated[str, Query(max_length=255)] = "",
-    status: Annotated[str, Query(max_length=16)] = "",
-    platform: Annotated[str, Query(max_length=64)] = "",
-    mode: Annotated[str, Query(max_length=8)] = "",
+    q: Annotated[str, Query(max_length=255, pattern=NO_CONTROL)] = "",
+    status: Annotated[str, Query(max_length=16, pattern=NO_CONTROL)] = "",
+    platform: Annotated[str, Query(max_length=64, pattern=NO_CONTROL)] = "",
+    mode: Annotated[str, Query(max_length=8, pattern=NO_CONTROL)] = "",
     after: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:
+    if after and repo.decode_cursor(after) is None:
+        raise HTTPException(status_code=400, detail="invalid cursor")
     filters = repo.ConnectionFilter(q=q.strip(), status=status, platform=platform, mode=mode)
     rows, next_cursor = repo.list_connections(session, filters, after)
     params = {k: v for k, v in (("q", q), ("status", status), ("platform", platform)) if v}
@@ -291,8 +296,8 @@ def connection_records(
     ctx: CtxDep,
     session: ReadSession,
     key: str,
-    type: Annotated[str, Query(min_length=1, max_length=64)],
-    after: Annotated[int, Query(ge=0)] = 0,
+    type: Annotated[str, Query(min_length=1, max_length=64, pattern=NO_CONTROL)],
+    after: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
 ) -> Response:
     connection = _connection_or_404(session, key)
     # The audit row is committed before any record is read.
@@ -357,10 +362,10 @@ def events(
     request: Request,
     user: UserDep,
     session: ReadSession,
-    type: Annotated[str, Query(max_length=128)] = "",
-    status: Annotated[str, Query(max_length=16)] = "",
-    org_connection_id: Annotated[str, Query(max_length=255)] = "",
-    before: Annotated[int | None, Query(ge=0)] = None,
+    type: Annotated[str, Query(max_length=128, pattern=NO_CONTROL)] = "",
+    status: Annotated[str, Query(max_length=16, pattern=NO_CONTROL)] = "",
+    org_connection_id: Annotated[str, Query(max_length=255, pattern=NO_CONTROL)] = "",
+    before: Annotated[int | None, Query(ge=0, le=MAX_ROW_ID)] = None,
 ) -> Response:
     filters = repo.EventFilter(
         event_type=type.strip(), status=status, org_connection_id=org_connection_id.strip()
