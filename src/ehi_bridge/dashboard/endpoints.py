@@ -16,8 +16,13 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
 
-from ehi_bridge.auth.models import DashboardUser
-from ehi_bridge.auth.service import record_audit, verify_user
+from ehi_bridge.auth.service import (
+    login_session_active,
+    record_audit,
+    revoke_login_session,
+    start_login_session,
+    verify_user,
+)
 from ehi_bridge.connections.models import Connection
 from ehi_bridge.dashboard import repository as repo
 from ehi_bridge.dashboard import security
@@ -81,19 +86,27 @@ def render(
 # -- dependencies -------------------------------------------------------------------------
 
 
-def current_user(request: Request, ctx: CtxDep) -> DashboardSession:
-    """The signed-in operator (whose account must still exist and be enabled)."""
-    session = security.read_session(request, ctx)
-    if session is not None:
-        with ctx.db.read_session() as db_session:
-            from sqlalchemy import select
+def signed_in(request: Request, ctx: AppContext) -> DashboardSession | None:
+    """The cookie's session if it is not logged out and its user is still enabled.
 
-            user = db_session.scalars(
-                select(DashboardUser).where(DashboardUser.username == session.username)
-            ).one_or_none()
-            if user is not None and not user.disabled:
-                return session
-    raise security.unauthenticated(request)
+    One primary-key lookup joined to the user per request (the same one query the user
+    check cost before sessions were stored), so a logout or a disabled user takes effect
+    at once in every process, without a cache to expire.
+    """
+    session = security.read_session(request, ctx)
+    if session is None:
+        return None
+    with ctx.db.read_session() as db_session:
+        active = login_session_active(db_session, session.session_id, session.username)
+    return session if active else None
+
+
+def current_user(request: Request, ctx: CtxDep) -> DashboardSession:
+    """The signed-in operator."""
+    session = signed_in(request, ctx)
+    if session is None:
+        raise security.unauthenticated(request)
+    return session
 
 
 UserDep = Annotated[DashboardSession, Depends(current_user)]
@@ -174,7 +187,7 @@ def _login_page(
 
 @router.get("/login")
 def login_form(request: Request, ctx: CtxDep, next: str | None = None) -> Response:
-    if security.read_session(request, ctx) is not None:
+    if signed_in(request, ctx) is not None:
         return RedirectResponse(_safe_next(next), status_code=303)
     return _login_page(request, ctx, None, _safe_next(next), 200)
 
@@ -205,12 +218,15 @@ def login(
         return _login_page(request, ctx, "Wrong username or password.", _safe_next(next), 401)
     limiter.succeeded(client, username)
     response = RedirectResponse(_safe_next(next), status_code=303)
-    security.start_session(request, response, ctx, user.username)
+    sid = security.start_session(request, response, ctx, user.username)
+    start_login_session(session, sid, user.username)
     return response
 
 
 @router.post("/logout")
 def logout(ctx: CtxDep, user: CsrfUserDep) -> Response:
+    with ctx.db.session() as session:
+        revoke_login_session(session, user.session_id)
     response = RedirectResponse("/dashboard/login?notice=logged_out", status_code=303)
     security.end_session(response, ctx, user)
     return response

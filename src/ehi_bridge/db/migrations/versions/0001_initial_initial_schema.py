@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-12-04 14:33:49.068677
+Create Date: 2026-12-04 14:46:23.191669
 """
 
 from collections.abc import Sequence
@@ -120,6 +120,19 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_connections_status"), ["status"], unique=False)
         batch_op.create_index(
             "ix_connections_status_created", ["status", "created_at"], unique=False
+        )
+
+    op.create_table(
+        "dashboard_sessions",
+        sa.Column("id", sa.String(length=64), nullable=False),
+        sa.Column("username", sa.String(length=128), nullable=False),
+        sa.Column("created_at", ehi_bridge.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", ehi_bridge.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_dashboard_sessions")),
+    )
+    with op.batch_alter_table("dashboard_sessions", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_dashboard_sessions_username"), ["username"], unique=False
         )
 
     op.create_table(
@@ -318,6 +331,10 @@ def downgrade() -> None:
 
     op.drop_table("inbox_events")
     op.drop_table("dashboard_users")
+    with op.batch_alter_table("dashboard_sessions", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_dashboard_sessions_username"))
+
+    op.drop_table("dashboard_sessions")
     with op.batch_alter_table("connections", schema=None) as batch_op:
         batch_op.drop_index("ix_connections_status_created")
         batch_op.drop_index(batch_op.f("ix_connections_status"))
