@@ -83,6 +83,34 @@ class EventRejected(Exception):
     """The stored event cannot be applied as it stands (it is parked, not retried forever)."""
 
 
+class OwnershipConflict(EventRejected):
+    """A signed event names another patient than the connect link recorded for the
+    connection. Neither is trusted silently: the event is parked at once, nothing of it is
+    applied, and an operator is alerted to decide (replay it after correcting the link)."""
+
+    def __init__(self, connection_id: str) -> None:
+        super().__init__("ownership conflict: the event names another external_id")
+        self.connection_id = connection_id
+
+
+# ``failure_reason`` values Fasten documents; anything else is stored and alerted as "other"
+# (text from outside never reaches an alert or a log verbatim).
+KNOWN_FAILURE_REASONS = frozenset(
+    {
+        "token_refresh_failure",
+        "scope_patient_missing",
+        "resource_patient_failure",
+        "resource_invalid_content",
+        "suppressed_please_contact",
+        "tefca_no_documents_found",
+    }
+)
+
+
+def known_failure_reason(reason: object) -> str:
+    return reason if isinstance(reason, str) and reason in KNOWN_FAILURE_REASONS else "other"
+
+
 def _event_time(envelope: schemas.Envelope, inbox: InboxEvent) -> datetime:
     if envelope.date is not None:
         when = envelope.date
@@ -109,7 +137,23 @@ def apply_event(db: Database, settings: Settings, inbox_id: int) -> FollowUps:
         except (ValidationError, orjson.JSONDecodeError) as exc:
             raise EventRejected(f"{inbox.event_type} payload does not validate") from exc
         at = _event_time(envelope, inbox)
-        _APPLIERS[inbox.event_type](session, settings, inbox, data, at, follow)
+        try:
+            _APPLIERS[inbox.event_type](session, settings, inbox, data, at, follow)
+        except OwnershipConflict as conflict:
+            inbox.status = InboxStatus.PARKED
+            inbox.last_error = str(conflict)
+            follow.alerts.append(
+                AlertRequest(
+                    kind="ownership_conflict",
+                    dedup_key=f"ownership_conflict:{inbox.id}:{inbox.replays}",
+                    message=(
+                        f"Event {inbox.id} parked: it names another patient than the connect "
+                        f"link recorded for connection {conflict.connection_id}"
+                    ),
+                    context={"inbox_id": inbox.id, "connection_id": conflict.connection_id},
+                )
+            )
+            return follow
         inbox.status = InboxStatus.APPLIED
         inbox.apply_count += 1
         inbox.applied_at = utcnow()
@@ -165,6 +209,8 @@ def _connection_success(
     connection = _connection_for(session, event.org_connection_id, inbox.api_mode)
     if connection is None:
         return
+    if event.external_id and connection.external_id and event.external_id != connection.external_id:
+        raise OwnershipConflict(connection.id)
     _fill(
         connection,
         {
@@ -264,16 +310,17 @@ def _export_failed(
     export = _export_for_task(session, connection, event.task_id)
     if not exports_repo.move(export, ExportEvent.FAILED):
         return
-    export.failure_reason = event.failure_reason
+    reason = known_failure_reason(event.failure_reason)
+    export.failure_reason = reason
     follow.alerts.append(
         AlertRequest(
             kind="export_failed",
             dedup_key=f"export_failed:{export.id}",
-            message=f"Export {export.id} failed: {event.failure_reason}",
+            message=f"Export {export.id} failed: {reason}",
             context={
                 "export_id": export.id,
                 "connection_id": connection.id,
-                "failure_reason": event.failure_reason,
+                "failure_reason": reason,
             },
         )
     )
