@@ -68,11 +68,13 @@ def serve(
     ),
 ) -> None:
     """Run the web service (webhooks, API, dashboard) and background processing."""
+    import signal
+
     import uvicorn
 
     from ehi_bridge.db.migrate import ensure_schema
     from ehi_bridge.server import Service
-    from ehi_bridge.webhooks.http_protocol import WebhookHttpProtocol
+    from ehi_bridge.webhooks.http_protocol import protocol_for
 
     if workers > 1 and background:
         raise typer.BadParameter("--workers > 1 needs --no-background and an `ehi-bridge worker`")
@@ -83,7 +85,10 @@ def serve(
         if workers > 1
         else Service(settings, background=background)
     )
-    # uvicorn re-raises Ctrl-C after its graceful shutdown.
+    # uvicorn re-raises the signal that stopped it after its graceful shutdown: Ctrl-C as
+    # KeyboardInterrupt, SIGTERM by the default action (exit status -15). A clean shutdown
+    # is a success: ignore the re-raised SIGTERM and exit 0 below.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.run(
             app_target,
@@ -92,7 +97,7 @@ def serve(
             host=host,
             port=port,
             loop="uvloop",
-            http=WebhookHttpProtocol,
+            http=protocol_for(settings.max_header_bytes, settings.header_timeout_seconds),
             lifespan="on",
             access_log=False,
             proxy_headers=False,

@@ -1,4 +1,11 @@
-"""uvicorn's httptools protocol, answering a webhook in one socket write instead of two.
+"""uvicorn's httptools protocol, answering a webhook in one socket write instead of two,
+and bounding every request head in size and time.
+
+Heads: a request line and headers over ``max_head_bytes`` are answered 431 and the
+connection closed, before the app sees anything; a connection that has not sent a complete
+head ``head_timeout`` seconds after it opened (or after its next request began) is closed,
+so half-sent requests cannot hold connections open (uvicorn has no such limit of its own).
+``protocol_for`` makes the class with the limits from Settings.
 
 uvicorn writes a response's status line and headers as soon as the app starts the
 response, and the body in a second ``send()``. On the webhook path every answer is a
@@ -17,6 +24,18 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from ehi_bridge.webhooks.endpoints import PATH_PREFIX
 
 _WEBHOOK_TARGET = PATH_PREFIX.encode("ascii")
+_431 = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain\r\n"
+    b"content-length: 31\r\nconnection: close\r\n\r\nrequest header fields too large"
+)
+DEFAULT_MAX_HEAD_BYTES = 32 * 1024
+DEFAULT_HEAD_TIMEOUT_SECONDS = 10.0
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
 _INTERIM = b"HTTP/1.1 1"  # 100 Continue must go out at once: the client waits for it
 
 
@@ -50,7 +69,62 @@ class _HeadWithBody:
 
 
 class WebhookHttpProtocol(HttpToolsProtocol):
+    max_head_bytes = DEFAULT_MAX_HEAD_BYTES
+    head_timeout = DEFAULT_HEAD_TIMEOUT_SECONDS
+    _head_bytes = 0
+    _head_timer: asyncio.TimerHandle | None = None
+    _refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _start_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        self._refused = True
+        self.transport.close()
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self.max_head_bytes:
+            if not self._refused:
+                self._refused = True
+                self.transport.write(_431)
+                self.transport.close()
+            raise _HeadTooLarge  # stops the parser; uvicorn's 400 is not sent (below)
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._refused:
+            super().send_400_response(msg)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        self._start_head_timer()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
+        self._stop_head_timer()
         if not self.url.startswith(_WEBHOOK_TARGET):
             super().on_headers_complete()
             return
@@ -62,3 +136,12 @@ class WebhookHttpProtocol(HttpToolsProtocol):
             super().on_headers_complete()
         finally:
             self.transport = transport
+
+
+def protocol_for(max_head_bytes: int, head_timeout: float) -> type[WebhookHttpProtocol]:
+    """The protocol class with these limits (uvicorn builds one instance per connection)."""
+    return type(
+        "LimitedHttpProtocol",
+        (WebhookHttpProtocol,),
+        {"max_head_bytes": max_head_bytes, "head_timeout": head_timeout},
+    )
