@@ -100,7 +100,10 @@ def serve(
             http=protocol_for(settings.max_header_bytes, settings.header_timeout_seconds),
             lifespan="on",
             access_log=False,
-            proxy_headers=False,
+            # Client addresses (login throttling, audit) come from X-Forwarded-For only
+            # when the peer is a configured proxy.
+            proxy_headers=bool(settings.forwarded_allow_ips),
+            forwarded_allow_ips=settings.forwarded_allow_ips or None,
             server_header=False,
             log_config=None,
             timeout_graceful_shutdown=10,

@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     header_timeout_seconds: float = Field(
         default=10.0, gt=0, description="A connection must send its request head within this"
     )
+    forwarded_allow_ips: str = Field(
+        default="",
+        description="Addresses of TLS proxies whose X-Forwarded-For/-Proto are trusted "
+        "(comma-separated; empty: none, the peer address is the client)",
+    )
     metrics_require_token: bool = Field(
         default=False, description="Require an API token for /metrics"
     )
