@@ -25,5 +25,5 @@ def create_api(settings: Settings, db: Database) -> FastAPI:
     api.include_router(dashboard_router)
     api.include_router(connect_router)
     api.add_exception_handler(RequestValidationError, validation_error)
-    api.add_middleware(RequestGuard, settings=settings, db=db)
+    api.add_middleware(RequestGuard, ctx=api.state.ctx)
     return api

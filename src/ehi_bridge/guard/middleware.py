@@ -5,7 +5,9 @@ For every request (the webhook path has its own, leaner checks):
 1. Paths that need an API token (``/api/…`` except ``POST /api/connect/complete``, and the
    OpenAPI documents unless ``public_api_docs``) are authenticated from the headers alone,
    before a byte of the body is read: no token, 401. The actor found is handed on in the
-   scope, so the route's dependency does not look the token up again.
+   scope, so the route's dependency does not look the token up again. A dashboard POST
+   (but the login form) needs a validly signed session cookie before its body is read; the
+   route's dependency then checks the session in the database.
 2. The body is capped: a declared ``Content-Length`` over the limit is answered 413 at
    once; a body that grows past it while it is read ends the request with 413.
 3. Answers carry ``Strict-Transport-Security`` when the public base URL is https.
@@ -19,10 +21,11 @@ from typing import Any
 import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 
 from ehi_bridge.auth.dependencies import API_ACTOR_STATE, authenticate_bearer
-from ehi_bridge.config import Settings
-from ehi_bridge.db.engine import Database
+from ehi_bridge.dashboard.security import read_session
+from ehi_bridge.deps import AppContext
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -31,6 +34,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PUBLIC_API_PATHS = frozenset({"/api/connect/complete"})
+DASHBOARD_PUBLIC_POSTS = frozenset({"/dashboard/login"})
 DOC_PATHS = frozenset({"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 HSTS = b"max-age=31536000; includeSubDomains"
 
@@ -63,11 +67,12 @@ def bearer_token(scope: Scope) -> str | None:
 
 
 class RequestGuard:
-    def __init__(self, app: ASGIApp, settings: Settings, db: Database) -> None:
+    def __init__(self, app: ASGIApp, ctx: AppContext) -> None:
         self.app = app
-        self.db = db
-        self.settings = settings
-        self.hsts = settings.public_base_url.lower().startswith("https://")
+        self.ctx = ctx
+        self.db = ctx.db
+        self.settings = ctx.settings
+        self.hsts = ctx.settings.public_base_url.lower().startswith("https://")
 
     def limit_for(self, path: str) -> int:
         if path in PUBLIC_API_PATHS:
@@ -109,6 +114,14 @@ class RequestGuard:
                 )
                 return
             scope.setdefault("state", {})[API_ACTOR_STATE] = actor
+        elif (
+            scope["method"] == "POST"
+            and path.startswith("/dashboard/")
+            and path not in DASHBOARD_PUBLIC_POSTS
+            and read_session(Request(scope), self.ctx) is None
+        ):
+            await self._answer(guarded_send, 401, "login required")
+            return
 
         limit = self.limit_for(path)
         for name, value in scope["headers"]:

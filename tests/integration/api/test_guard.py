@@ -109,3 +109,12 @@ def test_hsts_only_when_the_base_url_is_https(
     with TestClient(create_api(settings, db)) as client:
         header = client.get("/healthz").headers.get("strict-transport-security")
     assert (header is not None) == base.startswith("https://")
+
+
+def test_a_dashboard_post_without_a_session_is_401_before_the_body_is_read(
+    settings: Settings, db: Database
+) -> None:
+    body = CountingBody()
+    response = post(settings, db, "/dashboard/connect-link", content=body)
+    assert response.status_code == 401
+    assert body.pulled == 0
