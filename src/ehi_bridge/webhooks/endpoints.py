@@ -120,7 +120,9 @@ class WebhookReceiver:
                     text = headers[key] + " " + text
                 headers[key] = text
         length = headers.get("content-length")
-        if length is not None and (len(length) > 20 or not length.isdigit()):
+        if length is not None and (
+            len(length) > 20 or not length.isascii() or not length.isdigit()
+        ):
             return 400, _error("bad content-length")
         declared = int(length) if length is not None else None
         try:

@@ -32,10 +32,6 @@ DEFAULT_MAX_HEAD_BYTES = 32 * 1024
 DEFAULT_HEAD_TIMEOUT_SECONDS = 10.0
 
 
-class _HeadTooLarge(Exception):
-    pass
-
-
 _INTERIM = b"HTTP/1.1 1"  # 100 Continue must go out at once: the client waits for it
 
 
@@ -71,40 +67,42 @@ class _HeadWithBody:
 class WebhookHttpProtocol(HttpToolsProtocol):
     max_head_bytes = DEFAULT_MAX_HEAD_BYTES
     head_timeout = DEFAULT_HEAD_TIMEOUT_SECONDS
+    # Per request: the head is counted per received chunk and timed by one timestamp; a
+    # single timer per connection checks it (no timer is created per request).
+    _in_head = True
     _head_bytes = 0
+    _head_started = 0.0
     _head_timer: asyncio.TimerHandle | None = None
     _refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._start_head_timer()
+        self._head_started = self.loop.time()
+        self._head_timer = self.loop.call_later(self.head_timeout / 2, self._check_head_time)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_head_timer()
-        super().connection_lost(exc)
-
-    def _start_head_timer(self) -> None:
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
-
-    def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        super().connection_lost(exc)
 
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        self._refused = True
-        self.transport.close()
+    def _check_head_time(self) -> None:
+        if self._in_head and self.loop.time() - self._head_started > self.head_timeout:
+            self._head_timer = None
+            self._refused = True
+            self.transport.close()
+            return
+        self._head_timer = self.loop.call_later(self.head_timeout / 2, self._check_head_time)
 
-    def _count(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > self.max_head_bytes:
-            if not self._refused:
-                self._refused = True
-                self.transport.write(_431)
-                self.transport.close()
-            raise _HeadTooLarge  # stops the parser; uvicorn's 400 is not sent (below)
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        # Still in the head after all these bytes: every one of them was head.
+        if self._in_head and self._head_bytes > self.max_head_bytes and not self._refused:
+            self._refused = True
+            self.transport.write(_431)
+            self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
         if not self._refused:
@@ -112,19 +110,12 @@ class WebhookHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._in_head = True
         self._head_bytes = 0
-        self._start_head_timer()
-
-    def on_url(self, url: bytes) -> None:
-        self._count(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)
-        super().on_header(name, value)
+        self._head_started = self.loop.time()
 
     def on_headers_complete(self) -> None:
-        self._stop_head_timer()
+        self._in_head = False
         if not self.url.startswith(_WEBHOOK_TARGET):
             super().on_headers_complete()
             return

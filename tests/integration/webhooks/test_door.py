@@ -176,3 +176,25 @@ def test_a_content_length_of_5000_digits_is_refused_with_400(service: Service) -
     transport_request = [(path, body, [*scope_headers, ("content-length", "9" * 5000)])]
     [response] = post_all(service, transport_request)
     assert response.status_code in (400, 413)
+
+
+def test_a_non_ascii_digit_content_length_is_400(service: Service) -> None:
+    path, body, headers = delivery(envelope("webhook.test", {}))
+    others = [(k, v) for k, v in headers if k.lower() != "content-length"]
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": [(k.encode(), v.encode()) for k, v in others]
+        + [(b"content-length", "\u00b2".encode("latin-1"))],
+    }
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    asyncio.run(service.receiver(scope, receive, send))
+    assert sent[0]["status"] == 400
