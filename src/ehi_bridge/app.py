@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 
 from ehi_bridge.api.endpoints import router as api_router
 from ehi_bridge.config import Settings
@@ -10,6 +11,8 @@ from ehi_bridge.connect.endpoints import router as connect_router
 from ehi_bridge.dashboard.endpoints import router as dashboard_router
 from ehi_bridge.db.engine import Database
 from ehi_bridge.deps import AppContext
+from ehi_bridge.guard.errors import validation_error
+from ehi_bridge.guard.middleware import RequestGuard
 from ehi_bridge.ops.endpoints import router as ops_router
 
 
@@ -21,4 +24,6 @@ def create_api(settings: Settings, db: Database) -> FastAPI:
     api.include_router(api_router)
     api.include_router(dashboard_router)
     api.include_router(connect_router)
+    api.add_exception_handler(RequestValidationError, validation_error)
+    api.add_middleware(RequestGuard, ctx=api.state.ctx)
     return api

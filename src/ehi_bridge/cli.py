@@ -68,6 +68,7 @@ def serve(
     ),
 ) -> None:
     """Run the web service (webhooks, API, dashboard) and background processing."""
+    import signal
 
     import uvicorn
     from uvicorn.supervisors import Multiprocess
@@ -75,7 +76,7 @@ def serve(
     from ehi_bridge.background.executor_lock import ExecutorIdInUse, ExecutorLock
     from ehi_bridge.db.migrate import ensure_schema
     from ehi_bridge.server import Service
-    from ehi_bridge.webhooks.http_protocol import WebhookHttpProtocol
+    from ehi_bridge.webhooks.http_protocol import protocol_for
 
     if workers > 1 and background:
         raise typer.BadParameter("--workers > 1 needs --no-background and an `ehi-bridge worker`")
@@ -87,10 +88,13 @@ def serve(
         host=host,
         port=port,
         loop="uvloop",
-        http=WebhookHttpProtocol,
+        http=protocol_for(settings.max_header_bytes, settings.header_timeout_seconds),
         lifespan="on",
         access_log=False,
-        proxy_headers=False,
+        # Client addresses (login throttling, audit) come from X-Forwarded-For only
+        # when the peer is a configured proxy.
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
         server_header=False,
         log_config=None,
         timeout_graceful_shutdown=10,
@@ -110,8 +114,11 @@ def serve(
             typer.echo(f"error: {exc}", err=True)
             _exit_now(1)
     ensure_schema(settings.resolved_database_url)
+    # uvicorn re-raises the signal that stopped it after its graceful shutdown: Ctrl-C as
+    # KeyboardInterrupt, SIGTERM by the default action (exit status -15). A clean shutdown
+    # is a success: ignore the re-raised SIGTERM and exit 0 below.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     started = True
-    # uvicorn re-raises Ctrl-C after its graceful shutdown.
     with contextlib.suppress(KeyboardInterrupt):
         if workers > 1:
             Multiprocess(config, sockets=[sock]).run()

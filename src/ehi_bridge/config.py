@@ -48,6 +48,9 @@ class Settings(BaseSettings):
 
     webhook_max_body_bytes: int = 1024 * 1024
     webhook_tolerance_seconds: int = 300
+    webhook_max_json_depth: int = Field(
+        default=32, ge=2, le=200, description="Deeper webhook bodies are refused (400)"
+    )
     signature_failure_alert_threshold: int = 20
     signature_failure_alert_window_seconds: float = 60.0
     event_max_attempts: int = 5
@@ -95,6 +98,29 @@ class Settings(BaseSettings):
     )
     connect_mode: Mode = Field(default="test", description="Mode of the connect page's widget")
 
+    api_max_body_bytes: int = Field(
+        default=256 * 1024, ge=1024, description="Largest body of an API or dashboard request"
+    )
+    public_max_body_bytes: int = Field(
+        default=16 * 1024, ge=1024, description="Largest body of POST /api/connect/complete"
+    )
+    public_api_docs: bool = Field(
+        default=False, description="Serve /openapi.json, /docs and /redoc without a token"
+    )
+    allow_live_connect: bool = Field(
+        default=False, description="Let the connect page's caller choose api_mode=live"
+    )
+    max_header_bytes: int = Field(
+        default=32 * 1024, ge=4096, description="Larger request heads are answered 431"
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="A connection must send its request head within this"
+    )
+    forwarded_allow_ips: str = Field(
+        default="",
+        description="Addresses of TLS proxies whose X-Forwarded-For/-Proto are trusted "
+        "(comma-separated; empty: none, the peer address is the client)",
+    )
     metrics_require_token: bool = Field(
         default=False, description="Require an API token for /metrics"
     )

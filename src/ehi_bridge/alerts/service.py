@@ -52,6 +52,7 @@ DOWNLOAD_REFUSED: Final = "download_refused"
 SIGNATURE_FAILURES_SPIKE: Final = "signature_failures_spike"
 EVENT_PARKED: Final = "event_parked"
 INGEST_PARTIAL: Final = "ingest_partial"
+OWNERSHIP_CONFLICT: Final = "ownership_conflict"
 ALERT_KINDS: Final = (
     EXPORT_FAILED,
     EXPORT_TIMED_OUT,
@@ -60,6 +61,7 @@ ALERT_KINDS: Final = (
     SIGNATURE_FAILURES_SPIKE,
     EVENT_PARKED,
     INGEST_PARTIAL,
+    OWNERSHIP_CONFLICT,
 )
 SEVERITIES: Final = ("info", "warning", "error", "critical")
 

@@ -534,7 +534,10 @@ def get_resource(
     response_model=ConnectionOut,
     responses={
         401: {"model": Problem, "description": "No valid connect-link token or API token"},
-        403: {"model": Problem, "description": "external_id differs from the link's"},
+        403: {
+            "model": Problem,
+            "description": "external_id differs from the link's, or api_mode is not allowed",
+        },
         409: {"model": Problem, "description": "Refused by the connections feature"},
     },
     summary="Record the widget.complete event of the connect page",
@@ -561,6 +564,14 @@ def connect_complete(
     data = body.model_dump(exclude={"connect_token", "api_mode"})
     data["external_id"] = external_id
     mode: Mode = body.api_mode or ctx.settings.connect_mode
+    if (
+        actor.kind == "connect"
+        and mode != ctx.settings.connect_mode
+        and not ctx.settings.allow_live_connect
+    ):
+        # A patient's browser does not choose the mode: the connect page's widget runs in
+        # ``connect_mode`` and only its connections are recorded from a link.
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="api_mode is not allowed")
     try:
         with ctx.db.session() as session:
             connection = connections_service.record_widget_complete(session, data, mode)

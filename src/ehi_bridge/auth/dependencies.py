@@ -16,6 +16,9 @@ bearer_scheme = HTTPBearer(
     description="An API token from `ehi-bridge auth token create NAME`.",
 )
 
+# Set by ``guard.middleware.RequestGuard`` once it has authenticated the request.
+API_ACTOR_STATE = "api_actor"
+
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
 
 
@@ -44,6 +47,10 @@ def optional_api_token(
     request: Request, db: DatabaseDep, credentials: BearerCredentials
 ) -> Actor | None:
     """The calling token's actor, or None when there is no valid bearer token."""
+    checked = getattr(request.state, API_ACTOR_STATE, None)
+    if isinstance(checked, Actor):
+        request.state.actor = checked
+        return checked
     if credentials is None or not credentials.credentials:
         return None
     actor = authenticate_bearer(db, credentials.credentials)

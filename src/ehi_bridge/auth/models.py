@@ -34,6 +34,18 @@ class DashboardUser(Base):
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class LoginSession(Base):
+    """One dashboard sign-in. The cookie names it by ``id``; every process checks that it
+    is not revoked (logout) and that its user is enabled, so a logout outlives restarts."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # random, in the cookie
+    username: Mapped[str] = mapped_column(String(128), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class AuditLog(Base):
     """Who read or changed what, and when. Ids and paths only: never PHI, bodies or tokens."""
 

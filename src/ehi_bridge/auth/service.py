@@ -21,7 +21,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ehi_bridge.auth.models import ApiToken, AuditLog, DashboardUser
+from ehi_bridge.auth.models import ApiToken, AuditLog, DashboardUser, LoginSession
 from ehi_bridge.db.base import utcnow
 
 ISSUED_PREFIX = "ehib_"  # marks our API tokens in logs/scanners
@@ -173,7 +173,38 @@ def disable_user(session: Session, username: str) -> DashboardUser:
     if not user.disabled:
         user.disabled = True
         user.disabled_at = utcnow()
+    now = utcnow()
+    for login in session.scalars(
+        select(LoginSession).where(
+            LoginSession.username == user.username, LoginSession.revoked_at.is_(None)
+        )
+    ):
+        login.revoked_at = now
     return user
+
+
+# --- dashboard sessions ---------------------------------------------------------------------
+
+
+def start_login_session(session: Session, session_id: str, username: str) -> None:
+    session.add(LoginSession(id=session_id, username=username, created_at=utcnow()))
+    session.flush()
+
+
+def login_session_active(session: Session, session_id: str, username: str) -> bool:
+    """The session exists, is not revoked, and its user exists and is enabled."""
+    row = session.execute(
+        select(LoginSession.revoked_at, DashboardUser.disabled)
+        .join(DashboardUser, DashboardUser.username == LoginSession.username)
+        .where(LoginSession.id == session_id, LoginSession.username == username)
+    ).one_or_none()
+    return row is not None and row.revoked_at is None and not row.disabled
+
+
+def revoke_login_session(session: Session, session_id: str) -> None:
+    row = session.get(LoginSession, session_id)
+    if row is not None and row.revoked_at is None:
+        row.revoked_at = utcnow()
 
 
 # --- audit log ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
@@ -24,7 +25,22 @@ router = APIRouter(prefix="/connect", include_in_schema=False)
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 
 
-def _headers(response: Response) -> Response:
+def content_security_policy(stitch_js_url: str) -> str:
+    """Scripts from us and from the widget's origin only; the widget may frame, fetch and
+    style from its origin (and https origins it opens); nothing may frame this page."""
+    parts = urlsplit(stitch_js_url)
+    widget = f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else ""
+    return (
+        f"default-src 'self'; script-src 'self' {widget}; "
+        f"connect-src 'self' {widget} https:; frame-src {widget} https:; "
+        f"img-src 'self' data: {widget} https:; style-src 'self' 'unsafe-inline' {widget}; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+
+
+def _headers(response: Response, csp: str | None = None) -> Response:
+    if csp:
+        response.headers["Content-Security-Policy"] = csp
     # The link token is in the URL: never send it to another origin in a Referer.
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers["Cache-Control"] = "no-store"
@@ -34,9 +50,14 @@ def _headers(response: Response) -> Response:
 
 
 def _render(
-    request: Request, name: str, context: dict[str, Any], status_code: int = 200
+    request: Request,
+    name: str,
+    context: dict[str, Any],
+    status_code: int = 200,
+    csp: str = "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
 ) -> Response:
-    return _headers(templates.TemplateResponse(request, name, context, status_code=status_code))
+    response = templates.TemplateResponse(request, name, context, status_code=status_code)
+    return _headers(response, csp)
 
 
 def _forbidden(request: Request) -> Response:
@@ -51,7 +72,8 @@ def connect_page(request: Request, settings: SettingsDep, token: TokenQuery = ""
     if external_id is None:
         return _forbidden(request)
     widget = service.widget_for(settings, external_id)
-    return _render(request, "connect.html", {"widget": widget, "token": token})
+    csp = content_security_policy(settings.stitch_js_url)
+    return _render(request, "connect.html", {"widget": widget, "token": token}, csp=csp)
 
 
 @router.get("/status")

@@ -16,8 +16,13 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
 
-from ehi_bridge.auth.models import DashboardUser
-from ehi_bridge.auth.service import record_audit, verify_user
+from ehi_bridge.auth.service import (
+    login_session_active,
+    record_audit,
+    revoke_login_session,
+    start_login_session,
+    verify_user,
+)
 from ehi_bridge.connections.models import Connection
 from ehi_bridge.dashboard import repository as repo
 from ehi_bridge.dashboard import security
@@ -45,6 +50,9 @@ CSP = (
     "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; "
     "object-src 'none'"
 )
+
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"  # NUL is refused by PostgreSQL; no control characters
+MAX_ROW_ID = 2**63 - 1
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -78,19 +86,27 @@ def render(
 # -- dependencies -------------------------------------------------------------------------
 
 
-def current_user(request: Request, ctx: CtxDep) -> DashboardSession:
-    """The signed-in operator (whose account must still exist and be enabled)."""
-    session = security.read_session(request, ctx)
-    if session is not None:
-        with ctx.db.read_session() as db_session:
-            from sqlalchemy import select
+def signed_in(request: Request, ctx: AppContext) -> DashboardSession | None:
+    """The cookie's session if it is not logged out and its user is still enabled.
 
-            user = db_session.scalars(
-                select(DashboardUser).where(DashboardUser.username == session.username)
-            ).one_or_none()
-            if user is not None and not user.disabled:
-                return session
-    raise security.unauthenticated(request)
+    One primary-key lookup joined to the user per request (the same one query the user
+    check cost before sessions were stored), so a logout or a disabled user takes effect
+    at once in every process, without a cache to expire.
+    """
+    session = security.read_session(request, ctx)
+    if session is None:
+        return None
+    with ctx.db.read_session() as db_session:
+        active = login_session_active(db_session, session.session_id, session.username)
+    return session if active else None
+
+
+def current_user(request: Request, ctx: CtxDep) -> DashboardSession:
+    """The signed-in operator."""
+    session = signed_in(request, ctx)
+    if session is None:
+        raise security.unauthenticated(request)
+    return session
 
 
 UserDep = Annotated[DashboardSession, Depends(current_user)]
@@ -171,7 +187,7 @@ def _login_page(
 
 @router.get("/login")
 def login_form(request: Request, ctx: CtxDep, next: str | None = None) -> Response:
-    if security.read_session(request, ctx) is not None:
+    if signed_in(request, ctx) is not None:
         return RedirectResponse(_safe_next(next), status_code=303)
     return _login_page(request, ctx, None, _safe_next(next), 200)
 
@@ -202,12 +218,15 @@ def login(
         return _login_page(request, ctx, "Wrong username or password.", _safe_next(next), 401)
     limiter.succeeded(client, username)
     response = RedirectResponse(_safe_next(next), status_code=303)
-    security.start_session(request, response, ctx, user.username)
+    sid = security.start_session(request, response, ctx, user.username)
+    start_login_session(session, sid, user.username)
     return response
 
 
 @router.post("/logout")
 def logout(ctx: CtxDep, user: CsrfUserDep) -> Response:
+    with ctx.db.session() as session:
+        revoke_login_session(session, user.session_id)
     response = RedirectResponse("/dashboard/login?notice=logged_out", status_code=303)
     security.end_session(response, ctx, user)
     return response
@@ -231,12 +250,14 @@ def connections(
     request: Request,
     user: UserDep,
     session: ReadSession,
-    q: Annotated[str, Query(max_length=255)] = "",
-    status: Annotated[str, Query(max_length=16)] = "",
-    platform: Annotated[str, Query(max_length=64)] = "",
-    mode: Annotated[str, Query(max_length=8)] = "",
+    q: Annotated[str, Query(max_length=255, pattern=NO_CONTROL)] = "",
+    status: Annotated[str, Query(max_length=16, pattern=NO_CONTROL)] = "",
+    platform: Annotated[str, Query(max_length=64, pattern=NO_CONTROL)] = "",
+    mode: Annotated[str, Query(max_length=8, pattern=NO_CONTROL)] = "",
     after: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:
+    if after and repo.decode_cursor(after) is None:
+        raise HTTPException(status_code=400, detail="invalid cursor")
     filters = repo.ConnectionFilter(q=q.strip(), status=status, platform=platform, mode=mode)
     rows, next_cursor = repo.list_connections(session, filters, after)
     params = {k: v for k, v in (("q", q), ("status", status), ("platform", platform)) if v}
@@ -291,8 +312,8 @@ def connection_records(
     ctx: CtxDep,
     session: ReadSession,
     key: str,
-    type: Annotated[str, Query(min_length=1, max_length=64)],
-    after: Annotated[int, Query(ge=0)] = 0,
+    type: Annotated[str, Query(min_length=1, max_length=64, pattern=NO_CONTROL)],
+    after: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
 ) -> Response:
     connection = _connection_or_404(session, key)
     # The audit row is committed before any record is read.
@@ -357,10 +378,10 @@ def events(
     request: Request,
     user: UserDep,
     session: ReadSession,
-    type: Annotated[str, Query(max_length=128)] = "",
-    status: Annotated[str, Query(max_length=16)] = "",
-    org_connection_id: Annotated[str, Query(max_length=255)] = "",
-    before: Annotated[int | None, Query(ge=0)] = None,
+    type: Annotated[str, Query(max_length=128, pattern=NO_CONTROL)] = "",
+    status: Annotated[str, Query(max_length=16, pattern=NO_CONTROL)] = "",
+    org_connection_id: Annotated[str, Query(max_length=255, pattern=NO_CONTROL)] = "",
+    before: Annotated[int | None, Query(ge=0, le=MAX_ROW_ID)] = None,
 ) -> Response:
     filters = repo.EventFilter(
         event_type=type.strip(), status=status, org_connection_id=org_connection_id.strip()

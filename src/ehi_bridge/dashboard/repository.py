@@ -158,9 +158,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, str] | None:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         created, row_id = base64.urlsafe_b64decode(padded).decode().split("|", 1)
-        return datetime.fromisoformat(created), row_id
+        position = datetime.fromisoformat(created)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         return None
+    if position.tzinfo is None or "\x00" in row_id or len(row_id) > 64:
+        return None  # naive datetimes cannot be compared with the stored ones
+    return position, row_id
 
 
 @dataclass(frozen=True, slots=True)

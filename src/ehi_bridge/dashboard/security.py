@@ -2,7 +2,9 @@
 
 The session is a cookie signed with ``Settings.session_secret`` (itsdangerous), HttpOnly and
 SameSite=Lax, scoped to ``/dashboard``. It carries the user name, a random session id and
-the CSRF token bound to that session; every POST must echo the token (form field
+the CSRF token bound to that session. The session id is a row of ``dashboard_sessions``:
+logout revokes it there, so every process (and every restart) refuses it. Every POST must
+echo the token (form field
 ``csrf_token`` or header ``X-CSRF-Token``). Before login, a short-lived signed cookie holds
 the token the login form must echo (double submit).
 """
@@ -35,7 +37,6 @@ CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 
 _SECRET_KEY = "dashboard.session_secret"
-_REVOKED_KEY = "dashboard.revoked_sessions"
 _LIMITER_KEY = "dashboard.login_limiter"
 _lock = threading.Lock()
 
@@ -89,17 +90,14 @@ def _set_cookie(
 # -- sessions -----------------------------------------------------------------------------
 
 
-def start_session(request: Request, response: Response, ctx: AppContext, username: str) -> None:
-    payload = {"u": username, "sid": secrets.token_urlsafe(16), "csrf": secrets.token_urlsafe(32)}
+def start_session(request: Request, response: Response, ctx: AppContext, username: str) -> str:
+    """Set the session cookie; the new session's id, for the caller to store."""
+    sid = secrets.token_urlsafe(24)
+    payload = {"u": username, "sid": sid, "csrf": secrets.token_urlsafe(32)}
     token = _serializer(ctx, "ehi-bridge.dashboard.session").dumps(payload)
     _set_cookie(response, request, ctx, SESSION_COOKIE, token, SESSION_MAX_AGE)
     response.delete_cookie(LOGIN_CSRF_COOKIE, path=COOKIE_PATH)
-
-
-def _revoked(ctx: AppContext) -> set[str]:
-    with _lock:
-        revoked: set[str] = ctx.extras.setdefault(_REVOKED_KEY, set())
-        return revoked
+    return sid
 
 
 def read_session(request: Request, ctx: AppContext) -> DashboardSession | None:
@@ -117,14 +115,11 @@ def read_session(request: Request, ctx: AppContext) -> DashboardSession | None:
     username, sid, csrf = data.get("u"), data.get("sid"), data.get("csrf")
     if not (isinstance(username, str) and isinstance(sid, str) and isinstance(csrf, str)):
         return None
-    if sid in _revoked(ctx):
-        return None
     return DashboardSession(username=username, session_id=sid, csrf_token=csrf)
 
 
 def end_session(response: Response, ctx: AppContext, session: DashboardSession) -> None:
-    """Forget the cookie and refuse its session id in this process from now on."""
-    _revoked(ctx).add(session.session_id)
+    """Forget the cookie (the caller revokes the session id in the database)."""
     response.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
 
 
@@ -216,8 +211,10 @@ def login_csrf_expected(request: Request, ctx: AppContext) -> str | None:
 
 
 class LoginLimiter:
-    """Failed logins per client address and per user name, in a sliding window.
+    """Failed logins per client address (and per client and user name), in a sliding window.
 
+    Throttling is per client only: failures from one address never block the same user
+    name from another address, so nobody can lock a named operator out by guessing.
     In-process only: with several server processes each keeps its own count.
     """
 
@@ -228,7 +225,7 @@ class LoginLimiter:
         window_seconds: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.max_per_user = max_per_user
+        self.max_per_user = max_per_user  # per (client, user name)
         self.max_per_client = max_per_client
         self.window = window_seconds
         self.clock = clock
@@ -242,7 +239,7 @@ class LoginLimiter:
         return entries
 
     def _keys(self, client: str, username: str) -> tuple[str, str]:
-        return f"c:{client}", f"u:{username.strip().lower()}"
+        return f"c:{client}", f"u:{client}:{username.strip().lower()}"
 
     def blocked(self, client: str, username: str) -> bool:
         now = self.clock()

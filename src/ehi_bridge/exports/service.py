@@ -256,9 +256,11 @@ def download_target(db: Database, export_id: int) -> DownloadTarget | None:
             return None
         if export.success_event_id is None:
             return None
-        body = inbox_repo.body_of(session, export.success_event_id)
         connection = connections_repo.get(session, export.connection_id)
-        if body is None or connection is None:
+        if connection is None:
+            return None
+        body = inbox_repo.body_of(session, export.success_event_id, connection.api_mode)
+        if body is None:
             return None
         envelope = schemas.Envelope.model_validate(orjson.loads(body))
         url = schemas.ExportSuccess.model_validate(envelope.data).jsonl_url()

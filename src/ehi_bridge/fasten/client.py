@@ -6,8 +6,10 @@ Security rules this module keeps:
   request, and only when the request goes to the configured API origin (scheme, host,
   port). The storage server behind the download redirect is called by a second
   ``httpx.AsyncClient`` that has no credentials at all.
-* A download link (from a webhook) is followed only if its host is in ``allowed_hosts``
-  (default: the API host); otherwise :class:`DownloadRefused` is raised and nothing is
+* A download link (from a webhook), and the storage URL the API redirects it to, are
+  fetched only if their host AND port are allowed: the API origin, or an entry of
+  ``allowed_hosts`` (``host`` allows that host on its scheme's default port only,
+  ``host:port`` that port); otherwise :class:`DownloadRefused` is raised and nothing is
   requested. The redirect target may not downgrade https to http nor carry userinfo.
 * Nothing here logs a URL (signed URLs are credentials), a key or a body: only the
   operation, task id, status codes, attempt numbers and byte counts.
@@ -223,6 +225,29 @@ class FastenClient:
 
     # --- lifecycle -----------------------------------------------------------------------
 
+    def _allowed(self, scheme: str, host: str, port: int | None) -> bool:
+        port = port or _default_port(scheme)
+        if (scheme, host, port) == self._api_origin:
+            return True
+        for entry in self.allowed_hosts:
+            name, sep, fixed = entry.rpartition(":")
+            if sep and fixed.isdigit() and not name.endswith(":"):  # host:port (not bare IPv6)
+                if (name.strip("[]"), int(fixed)) == (host, port):
+                    return True
+            elif entry.strip("[]") == host and port == _default_port(scheme):
+                return True
+        return False
+
+    def _check_origin(self, url: str, reason: str) -> None:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        try:
+            port = parts.port
+        except ValueError:
+            raise DownloadRefused(host or "?", reason) from None
+        if not self._allowed(parts.scheme.lower(), host, port):
+            raise DownloadRefused(host, reason)
+
     async def __aenter__(self) -> FastenClient:
         return self
 
@@ -336,8 +361,7 @@ class FastenClient:
             raise DownloadRefused(host or "?", "scheme_not_allowed")
         if parts.username is not None or parts.password is not None:
             raise DownloadRefused(host, "bad_link")
-        if host not in self.allowed_hosts:
-            raise DownloadRefused(host, "host_not_allowed")
+        self._check_origin(url, "host_not_allowed")
 
     @staticmethod
     def _task_of(url: str) -> str | None:
@@ -381,6 +405,7 @@ class FastenClient:
             raise DownloadRefused(host, "scheme_not_allowed")
         if parts.username is not None or parts.password is not None:
             raise DownloadRefused(host, "bad_redirect")
+        self._check_origin(target, "redirect_not_allowed")
 
     async def _fetch(self, url: str, part: _PartFile, progress: Progress | None) -> None:
         """One GET of the storage URL, from ``part.written`` on. Raises :class:`_Retry`."""

@@ -79,7 +79,7 @@ class DownloadRefused(FastenError):
     """A download link (or its redirect) points somewhere we must not go.
 
     ``host`` is the offending host name (no path, no query); ``reason`` a short code:
-    ``host_not_allowed``, ``scheme_not_allowed`` or ``bad_redirect``.
+    ``host_not_allowed``, ``scheme_not_allowed``, ``bad_redirect`` or ``redirect_not_allowed``.
     """
 
     def __init__(self, host: str, reason: str = "host_not_allowed") -> None:

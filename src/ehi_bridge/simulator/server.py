@@ -75,7 +75,7 @@ class SimulatorServer:
 
         env = {
             "EHI_FASTEN_API_URL": self.fasten_api_url,
-            "EHI_DOWNLOAD_ALLOWED_HOSTS": urlsplit(self.storage_url).hostname or "",
+            "EHI_DOWNLOAD_ALLOWED_HOSTS": urlsplit(self.storage_url).netloc,
             "EHI_STITCH_JS_URL": self.stitch_js_url,
         }
         for mode, cfg in self.config.modes.items():

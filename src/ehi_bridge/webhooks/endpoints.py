@@ -1,7 +1,9 @@
 """``POST /webhooks/fasten/{test|live}``: a lean ASGI path, no framework work per request.
 
-Order: mode configured? (503) → size (413) → signature (400/401) → envelope (400) →
-group-committed to the inbox (503 if that fails) → 200. Never 410, never a 500 for bad input.
+Order: mode configured? (503) → size (413) → signature (400/401) → envelope checks at the
+door (400, ``webhooks.envelope``) → group-committed to the inbox (503 if the database fails;
+422 if this one delivery cannot be stored) → 200. Never 410, never a 500 for bad input.
+Error answers name the problem, never echo the input.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import orjson
 import structlog
 
 from ehi_bridge.config import MODES, Settings
-from ehi_bridge.webhooks.inbox import Delivery, InboxUnavailable, InboxWriter
+from ehi_bridge.webhooks.envelope import EnvelopeError, check
+from ehi_bridge.webhooks.inbox import Delivery, DeliveryUnstorable, InboxUnavailable, InboxWriter
 from ehi_bridge.webhooks.signature import MissingHeaderError, SignatureError, Verifier
 
 log = structlog.get_logger(__name__)
@@ -84,6 +87,7 @@ class WebhookReceiver:
     ) -> None:
         self._verifiers = build_verifiers(settings)
         self._limit = settings.webhook_max_body_bytes
+        self._max_depth = settings.webhook_max_json_depth
         self._writer = writer
         self._observe: Observer = observer or (lambda _m, _t, _o: None)
 
@@ -109,11 +113,18 @@ class WebhookReceiver:
         headers: dict[str, str] = {}
         for name, value in scope["headers"]:
             if name in _WANTED_HEADERS:
-                headers[name.decode("latin-1")] = value.decode("latin-1")
-        try:
-            declared = int(headers["content-length"]) if "content-length" in headers else None
-        except ValueError:
+                key = name.decode("latin-1")
+                text = value.decode("latin-1")
+                if key == "webhook-signature" and key in headers:
+                    # Several signature headers: every signature in them counts.
+                    text = headers[key] + " " + text
+                headers[key] = text
+        length = headers.get("content-length")
+        if length is not None and (
+            len(length) > 20 or not length.isascii() or not length.isdigit()
+        ):
             return 400, _error("bad content-length")
+        declared = int(length) if length is not None else None
         try:
             body = await _read_body(receive, self._limit, declared)
         except PayloadTooLarge:
@@ -132,46 +143,25 @@ class WebhookReceiver:
             return 401, _error(exc.reason)
 
         try:
-            envelope = orjson.loads(body)
-        except orjson.JSONDecodeError:
+            checked = check(body, mode, self._max_depth)
+        except EnvelopeError as exc:
             self._observe(mode, None, "bad_envelope")
-            return 400, _error("body is not valid UTF-8 JSON")
-        problem = _envelope_problem(envelope, mode)
-        if problem:
-            self._observe(mode, None, "bad_envelope")
-            return 400, _error(problem)
-
-        data = envelope.get("data")
-        org_connection_id = data.get("org_connection_id") if isinstance(data, dict) else None
+            return 400, _error(exc.reason)
         delivery = Delivery(
-            event_id=envelope["id"],
+            event_id=checked.event_id,
             webhook_id=verified.msg_id,
-            event_type=envelope["type"],
+            event_type=checked.event_type,
             api_mode=mode,
             body=body,
-            org_connection_id=org_connection_id
-            if isinstance(org_connection_id, str) and org_connection_id
-            else None,
+            org_connection_id=checked.org_connection_id,
         )
         try:
             await self._writer.submit(delivery)
+        except DeliveryUnstorable:
+            self._observe(mode, None, "unstorable")
+            return 422, _error("this delivery cannot be stored")
         except InboxUnavailable:
             self._observe(mode, delivery.event_type, "unavailable")
             return 503, _error("temporarily unavailable, retry later")
         self._observe(mode, delivery.event_type, "accepted")
         return 200, b'{"received":true}'
-
-
-def _envelope_problem(envelope: object, mode: str) -> str | None:
-    if not isinstance(envelope, dict):
-        return "envelope must be a JSON object"
-    for field in ("id", "type", "api_mode"):
-        value = envelope.get(field)
-        if not isinstance(value, str) or not value or len(value) > 255:
-            return f"envelope field {field!r} missing or invalid"
-    if envelope["api_mode"] != mode:
-        return f"api_mode {envelope['api_mode']!r} sent to the {mode} endpoint"
-    data = envelope.get("data", {})
-    if data is not None and not isinstance(data, dict):
-        return "envelope field 'data' must be an object"
-    return None

@@ -2,8 +2,15 @@
 only after the commit that holds it is on disk.
 
 A dedicated writer thread takes whatever has queued up, writes it with multi-row
-``INSERT … ON CONFLICT (event_id) DO UPDATE SET delivery_count = delivery_count + n``
-and commits. A redelivery only bumps the counter; the first copy's body stays.
+``INSERT … ON CONFLICT (event_id, api_mode) DO UPDATE SET delivery_count = delivery_count + n``
+and commits. A redelivery only bumps the counter; the first copy's body stays. Event ids
+are unique per mode: test and live are separate Fasten accounts, and a live event whose id
+a test event already used is a different event, stored on its own.
+
+One delivery that the database refuses must not fail its neighbours: the envelope checks at
+the door keep such deliveries out, and if a batch still fails with an error that is not the
+database being unreachable, it is split in halves and each half written again, down to the
+single delivery, which alone is answered :class:`DeliveryUnstorable` (a 4xx).
 
 PostgreSQL (``synchronous_commit=on``): a commit is durable when it returns, so the batch
 is answered then. SQLite: the writer's connection commits with ``synchronous=NORMAL`` — the
@@ -43,6 +50,10 @@ TAIL_FRAMES = 256
 
 class InboxUnavailable(Exception):
     """The delivery could not be committed (database down, writer stopped)."""
+
+
+class DeliveryUnstorable(InboxUnavailable):
+    """The database refused this one delivery by itself: retrying it cannot succeed."""
 
 
 @dataclass(slots=True)
@@ -91,7 +102,7 @@ class _RawInsert:
             sql = self._statements[rows] = (
                 f"INSERT INTO inbox_events ({', '.join(self.COLUMNS)}) "
                 f"VALUES {', '.join([values] * rows)} "
-                "ON CONFLICT (event_id) DO UPDATE SET "
+                "ON CONFLICT (event_id, api_mode) DO UPDATE SET "
                 "delivery_count = inbox_events.delivery_count + excluded.delivery_count, "
                 "last_received_at = excluded.last_received_at"
             )
@@ -120,13 +131,14 @@ class _RawInsert:
 
 def _rows(batch: list[_Waiter]) -> list[dict[str, Any]]:
     """One row per distinct event id (a batch may hold several copies of one event)."""
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
     for delivery, _, _ in batch:
-        row = rows.get(delivery.event_id)
+        key = (delivery.event_id, delivery.api_mode)
+        row = rows.get(key)
         if row is not None:
             row["delivery_count"] += 1
             continue
-        rows[delivery.event_id] = {
+        rows[key] = {
             "event_id": delivery.event_id,
             "webhook_id": delivery.webhook_id,
             "event_type": delivery.event_type,
@@ -380,13 +392,33 @@ class InboxWriter:
                 self._connection.close()  # detached: closes the DBAPI connection
             self._connection = None
 
+    def _unreachable(self, exc: BaseException) -> bool:
+        """The database (not the batch) failed: connection lost, locked, disk full."""
+        dbapi = self._db.engine.dialect.dbapi
+        kinds = tuple(
+            kind
+            for kind in (
+                getattr(dbapi, "OperationalError", None),
+                getattr(dbapi, "InterfaceError", None),
+            )
+            if isinstance(kind, type)
+        )
+        return isinstance(exc, kinds)
+
     def _commit(self, batch: list[_Waiter]) -> None:
         try:
             self._write(self._insert.chunks(_rows(batch), datetime.now(UTC)))
         except Exception as exc:
             log.error("inbox commit failed", deliveries=len(batch), error_type=type(exc).__name__)
             self._discard_connection()
-            _answer(batch, InboxUnavailable("database unavailable"))
+            if self._unreachable(exc):
+                _answer(batch, InboxUnavailable("database unavailable"))
+            elif len(batch) == 1:
+                _answer(batch, DeliveryUnstorable("the database refused this delivery"))
+            else:
+                middle = len(batch) // 2
+                self._commit(batch[:middle])
+                self._commit(batch[middle:])
             return
         if self._wal is not None:
             self._committed.put(batch)

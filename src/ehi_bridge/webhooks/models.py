@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index, Integer, LargeBinary, String, Text, text
+from sqlalchemy import Index, Integer, LargeBinary, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ehi_bridge.db.base import Base, BigIntPK, UTCDateTime
@@ -29,7 +29,7 @@ class InboxEvent(Base):
     __tablename__ = "inbox_events"
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
-    event_id: Mapped[str] = mapped_column(String(255), unique=True)
+    event_id: Mapped[str] = mapped_column(String(255))  # unique per api_mode
     webhook_id: Mapped[str] = mapped_column(String(255))
     event_type: Mapped[str] = mapped_column(String(128), index=True)
     api_mode: Mapped[str] = mapped_column(String(8))
@@ -47,6 +47,8 @@ class InboxEvent(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
+        # Test and live are separate Fasten accounts: the same id in both is two events.
+        UniqueConstraint("event_id", "api_mode"),
         Index("ix_inbox_events_status_id", "status", "id"),
         # Partial: a row enters it when it is handed to background work, not when the
         # webhook is answered, so the group commit writes no random page of it per

@@ -166,9 +166,13 @@ def oldest_unprocessed_received_at(session: Session) -> datetime | None:
     )
 
 
-def body_of(session: Session, event_id: str) -> bytes | None:
-    """The raw body of the event with this envelope id."""
-    return session.scalar(select(InboxEvent.body).where(InboxEvent.event_id == event_id))
+def body_of(session: Session, event_id: str, api_mode: str) -> bytes | None:
+    """The raw body of the event with this envelope id in this mode."""
+    return session.scalar(
+        select(InboxEvent.body).where(
+            InboxEvent.event_id == event_id, InboxEvent.api_mode == api_mode
+        )
+    )
 
 
 def newest_of_org_connection(

@@ -58,6 +58,34 @@ class EventRejected(Exception):
     """The stored event cannot be applied as it stands (retried, then parked)."""
 
 
+class OwnershipConflict(EventRejected):
+    """A signed event names another patient than the connect link recorded for the
+    connection. Neither is trusted silently: the event is parked at once, nothing of it is
+    applied, and an operator is alerted to decide (replay it after correcting the link)."""
+
+    def __init__(self, connection_id: str) -> None:
+        super().__init__("ownership conflict: the event names another external_id")
+        self.connection_id = connection_id
+
+
+# ``failure_reason`` values Fasten documents; anything else is stored and alerted as "other"
+# (text from outside never reaches an alert or a log verbatim).
+KNOWN_FAILURE_REASONS = frozenset(
+    {
+        "token_refresh_failure",
+        "scope_patient_missing",
+        "resource_patient_failure",
+        "resource_invalid_content",
+        "suppressed_please_contact",
+        "tefca_no_documents_found",
+    }
+)
+
+
+def known_failure_reason(reason: object) -> str:
+    return reason if isinstance(reason, str) and reason in KNOWN_FAILURE_REASONS else "other"
+
+
 @dataclass
 class BatchResult:
     """What one ``apply_batch`` transaction did (after it committed)."""
@@ -136,6 +164,7 @@ def apply_batch(
             claimed=len(rows), ignored=prepared.ignored, failures=prepared.failures
         )
         ctx = _Context(session, settings, {})
+        conflicts: dict[int, str] = {}  # inbox id → connection whose owner it contradicts
         try:
             with session.begin_nested():
                 ctx.connections = connections_repo.lock_for_events(session, _touched(parsed))
@@ -155,6 +184,13 @@ def apply_batch(
                         )
                         _APPLIERS[item.row.event_type](ctx, item.row, item.data, item.at)
                     result.applied.append(item.row.id)
+                except OwnershipConflict as conflict:
+                    del ctx.follow_ups[mark:]
+                    session.expire_all()
+                    result.failures.append(
+                        Failure(item.row.id, item.row.attempts + 1, str(conflict), None)
+                    )
+                    conflicts[item.row.id] = conflict.connection_id
                 except Exception as exc:
                     del ctx.follow_ups[mark:]
                     session.expire_all()
@@ -164,7 +200,7 @@ def apply_batch(
         inbox_repo.record_failures(session, result.failures)
         for failure in result.failures:
             if failure.next_attempt_at is None:
-                _park_alert(session, settings, rows, failure)
+                _park_alert(session, settings, rows, failure, conflicts.get(failure.inbox_id))
         outbox_repo.add(session, *ctx.follow_ups)
         result.follow_ups = ctx.follow_ups
     return result
@@ -222,9 +258,26 @@ def _failure(settings: Settings, row: PendingEvent, error: str, now: datetime) -
 
 
 def _park_alert(
-    session: Session, settings: Settings, rows: Sequence[PendingEvent], failure: Failure
+    session: Session,
+    settings: Settings,
+    rows: Sequence[PendingEvent],
+    failure: Failure,
+    conflict_with: str | None,
 ) -> None:
     row = next(r for r in rows if r.id == failure.inbox_id)
+    if conflict_with is not None:
+        raise_alert(
+            session,
+            settings,
+            kind="ownership_conflict",
+            dedup_key=f"ownership_conflict:{row.id}:{row.replays}",
+            message=(
+                f"Event {row.id} parked: it names another patient than the connect "
+                f"link recorded for connection {conflict_with}"
+            ),
+            context={"inbox_id": row.id, "connection_id": conflict_with},
+        )
+        return
     raise_alert(
         session,
         settings,
@@ -268,6 +321,8 @@ def _connection_success(ctx: _Context, row: PendingEvent, data: Any, at: datetim
     connection = _connection(ctx, event.org_connection_id)
     if connection is None:
         return
+    if event.external_id and connection.external_id and event.external_id != connection.external_id:
+        raise OwnershipConflict(connection.id)
     _fill(
         connection,
         {
@@ -353,19 +408,16 @@ def _export_failed(ctx: _Context, row: PendingEvent, data: Any, at: datetime) ->
     export = _export_for_task(ctx.session, connection, event.task_id)
     if not exports_repo.move(export, ExportEvent.FAILED):
         return
-    export.failure_reason = event.failure_reason
+    reason = known_failure_reason(event.failure_reason)
+    export.failure_reason = reason
     ctx.session.flush()
     raise_alert(
         ctx.session,
         ctx.settings,
         kind="export_failed",
         dedup_key=f"export_failed:{export.id}",
-        message=f"Export {export.id} failed: {event.failure_reason}",
-        context={
-            "export_id": export.id,
-            "connection_id": connection.id,
-            "failure_reason": event.failure_reason,
-        },
+        message=f"Export {export.id} failed: {reason}",
+        context={"export_id": export.id, "connection_id": connection.id, "failure_reason": reason},
     )
 
 

@@ -102,3 +102,16 @@ def test_connection_of_another_patient_is_409(
     with db.read_session() as session:
         stored = session.scalars(select(Connection)).one()
         assert stored.external_id == "patient-1"
+
+
+def test_a_patient_cannot_choose_live_mode(
+    client: TestClient, settings: Settings, db: Database
+) -> None:
+    token = make_connect_token(settings, "patient-1", ttl=600)
+    body = {**WIDGET, "connect_token": token, "api_mode": "live"}
+    response = client.post("/api/connect/complete", json=body)
+    assert response.status_code == 403
+    with db.read_session() as session:
+        assert session.query(Connection).count() == 0
+    same_mode = {**body, "api_mode": settings.connect_mode}
+    assert client.post("/api/connect/complete", json=same_mode).status_code == 200

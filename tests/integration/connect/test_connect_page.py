@@ -115,3 +115,14 @@ def test_connect_script_is_served(connect: Connect) -> None:
     assert response.status_code == 200
     assert "/api/connect/complete" in response.text
     assert "X-Connect-Token" in response.text
+
+
+def test_page_sends_a_csp_allowing_only_us_and_the_widget_origin(connect: Connect) -> None:
+    token = make_connect_token(connect.settings, "patient-42", ttl=600)
+    response = connect.client.get("/connect", params={"token": token})
+    csp = response.headers["content-security-policy"]
+    directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+    assert directives["script-src"] == "'self' http://127.0.0.1:9"
+    assert directives["object-src"] == "'none'"
+    assert directives["frame-ancestors"] == "'none'"
+    assert "unsafe-eval" not in csp

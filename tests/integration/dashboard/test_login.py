@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from ehi_bridge.app import create_api
+from ehi_bridge.auth.service import disable_user
 from ehi_bridge.dashboard.security import SESSION_COOKIE
 from tests.integration.dashboard.conftest import Dash
-from tests.integration.dashboard.helpers import PASSWORD, USERNAME, csrf_from, login
+from tests.integration.dashboard.helpers import (
+    PASSWORD,
+    USERNAME,
+    TestClient,
+    csrf_from,
+    login,
+)
 
 PAGES = ["/dashboard", "/dashboard/connections", "/dashboard/events", "/dashboard/failures"]
 
@@ -171,3 +179,45 @@ def test_disabled_user_loses_the_session(dash: Dash) -> None:
     with dash.db.session() as session:
         disable_user(session, USERNAME)
     assert dash.client.get("/dashboard", follow_redirects=False).status_code == 303
+
+
+def test_failures_from_one_client_do_not_lock_the_user_out_elsewhere(
+    dash: Dash, database_url: str
+) -> None:
+    def attempt(client: TestClient, password: str) -> int:
+        token = csrf_from(client.get("/dashboard/login").text)
+        data = {"username": USERNAME, "password": password, "csrf_token": token}
+        return client.post("/dashboard/login", data=data, follow_redirects=False).status_code
+
+    attacker = TestClient(dash.client.app, client=("203.0.113.9", 5000))
+    assert [attempt(attacker, f"wrong-{i}") for i in range(6)][-1] == 429
+    operator = TestClient(dash.client.app, client=("198.51.100.7", 5000))
+    assert attempt(operator, PASSWORD) == 303
+
+
+def test_logout_survives_a_restart_and_other_processes(dash: Dash) -> None:
+    login(dash.client)
+    cookie = dash.client.cookies.get(SESSION_COOKIE)
+    assert cookie
+    # Another process (or this one after a restart): same secret, same database.
+    other = TestClient(create_api(dash.settings, dash.db))
+    other.cookies.set(SESSION_COOKIE, cookie, path="/dashboard")
+    assert other.get("/dashboard", follow_redirects=False).status_code == 200
+    csrf = csrf_from(dash.client.get("/dashboard").text)
+    dash.client.post("/dashboard/logout", data={"csrf_token": csrf}, follow_redirects=False)
+    restarted = TestClient(create_api(dash.settings, dash.db))
+    restarted.cookies.set(SESSION_COOKIE, cookie, path="/dashboard")
+    response = restarted.get("/dashboard", follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"].startswith("/dashboard/login")
+
+
+def test_disabling_a_user_ends_their_sessions_everywhere(dash: Dash) -> None:
+    login(dash.client)
+    cookie = dash.client.cookies.get(SESSION_COOKIE)
+    assert cookie
+    with dash.db.session() as session:
+        disable_user(session, USERNAME)
+    fresh = TestClient(create_api(dash.settings, dash.db))
+    fresh.cookies.set(SESSION_COOKIE, cookie, path="/dashboard")
+    assert fresh.get("/dashboard", follow_redirects=False).status_code == 303

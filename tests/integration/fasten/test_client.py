@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -29,6 +30,7 @@ from tests.integration.fasten.fakes import (
     FakeStorage,
     fake_fasten,
 )
+from tests.integration.fasten.servers import serve
 from tests.support import free_port
 
 TASK = "task-1"
@@ -78,7 +80,8 @@ def make_client(
         PUBLIC_ID,
         PRIVATE_KEY,
         auth_scheme=scheme,  # type: ignore[arg-type]
-        allowed_hosts=allowed,
+        # The API origin is always allowed; the storage its redirects point at is listed.
+        allowed_hosts=allowed if allowed is not None else {urlsplit(api.storage.url).netloc},
         max_attempts=max_attempts,
         sleep=sleeps,
         rng=random.Random(7),
@@ -390,3 +393,30 @@ async def test_download_memory_stays_bounded(
     assert (tmp_path / "big").stat().st_size == len(big)
     # The fake server shares this process; still far below the file's size.
     assert peak < len(big) // 4, peak
+
+
+async def test_redirect_to_an_allowed_host_on_another_port_is_not_fetched(
+    fasten: tuple[FakeApi, FakeStorage], tmp_path: Path
+) -> None:
+    """The API's redirect points at an internal service on the same host, another port."""
+    api, storage = fasten
+    with serve(FakeStorage(objects={TASK: FILE})) as internal_url:
+        api.redirect_override = f"{internal_url}/bucket/{TASK}?sig=x"
+        # Only the API origin and the real storage (host:port) are allowed.
+        async with make_client(api, Sleeps()) as client:
+            with pytest.raises(DownloadRefused) as info:
+                await client.download(link(api), tmp_path / "f")
+    assert info.value.reason == "redirect_not_allowed"
+    assert storage.hits == []
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_bare_host_entry_allows_only_the_default_port(
+    fasten: tuple[FakeApi, FakeStorage], tmp_path: Path
+) -> None:
+    api, storage = fasten
+    async with make_client(api, Sleeps(), allowed={"127.0.0.1"}) as client:
+        with pytest.raises(DownloadRefused) as info:
+            await client.download(link(api), tmp_path / "f")
+    assert info.value.reason == "redirect_not_allowed"
+    assert storage.hits == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ehi_bridge.fasten.client import FastenClient
 from ehi_bridge.simulator import SimulatorServer
@@ -22,7 +23,7 @@ async def test_service_client_requests_and_downloads_with_resume(
         simulator.fasten_api_url,
         "public_test_sim",
         "private_test_sim",
-        allowed_hosts={"127.0.0.1"},
+        allowed_hosts={urlsplit(simulator.storage_url).netloc},
         backoff_base=0.01,
     ) as client:
         task = await client.create_export(conn.org_connection_id)

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from ehi_bridge.alerts.models import Alert
 from ehi_bridge.config import Settings
 from ehi_bridge.connections.models import Connection
+from ehi_bridge.connections.service import record_widget_complete
 from ehi_bridge.db.base import utcnow
 from ehi_bridge.db.engine import Database
 from ehi_bridge.exports.models import Export
@@ -281,3 +282,48 @@ def test_replay_runs_an_event_again(db: Database) -> None:
         row = session.get(InboxEvent, inbox_id)
         assert row is not None and (row.apply_count, row.replays) == (2, 1)
     assert len(exports(db)) == 1  # the effects stay idempotent
+
+
+def test_unknown_failure_reason_is_not_copied_into_the_alert(db: Database) -> None:
+    deliver(db, success("c6x", T0))
+    text = "call +1-555-0100 about patient Jane Doe " + "x" * 200
+    failed = envelope(
+        "patient.ehi_export_failed",
+        {"org_connection_id": "c6x", "task_id": "task-6x", "failure_reason": text},
+        date=T0 + timedelta(minutes=1),
+    )
+    deliver(db, failed)
+    (export,) = exports(db)
+    assert (export.status, export.failure_reason) == ("failed", "other")
+    with db.read_session() as session:
+        (alert,) = session.scalars(select(Alert)).all()
+    assert "Jane" not in alert.message
+    assert alert.context["failure_reason"] == "other"
+
+
+def test_success_naming_another_patient_than_the_link_is_parked_and_alerted(
+    db: Database,
+) -> None:
+    """Patient A's link recorded connection X; Fasten's signed success names patient B."""
+    with db.session() as session:
+        record_widget_complete(
+            session, {"org_connection_id": "X", "external_id": "patient-A"}, "test"
+        )
+    event = success("X", T0)
+    event["data"]["external_id"] = "patient-B"
+    inbox_id = store(db, event)
+    result = apply(db)
+    assert result.parked == [inbox_id] and result.follow_ups == []
+    conn = connection(db, "X")
+    assert (conn.external_id, conn.status) == ("patient-A", "pending")
+    with db.read_session() as session:
+        (alert,) = session.scalars(select(Alert)).all()
+    assert alert.kind == "ownership_conflict"
+    assert "patient-B" not in alert.message
+    with db.read_session() as session:
+        row = session.get(InboxEvent, inbox_id)
+        assert row is not None
+        assert row.status == "parked"
+        assert row.last_error is not None and "ownership conflict" in row.last_error
+    # The link's patient is kept; nothing was requested for either patient.
+    assert exports(db) == []

@@ -142,3 +142,25 @@ def test_sqlite_wal_is_recycled_under_sustained_writes(
     # leaf): a WAL that was never started over would hold them all.
     never_recycled = rounds * 2 * (4096 + 24)
     assert wal_bytes < never_recycled / 3
+
+
+async def _outcomes(writer: InboxWriter, deliveries: list[Delivery]) -> list[str]:
+    results = await asyncio.gather(*(writer.submit(d) for d in deliveries), return_exceptions=True)
+    return [type(r).__name__ if r is not None else "stored" for r in results]
+
+
+def test_one_delivery_the_database_refuses_fails_alone_in_its_batch(db: Database) -> None:
+    """Past the door checks, a refused row splits its batch until it stands alone."""
+    writer = InboxWriter(db)
+    good = [_delivery() for _ in range(200)]
+    # A lone surrogate: valid in a Python str, refused by both drivers when encoding.
+    bad = _delivery()
+    bad.event_type = "patient.\ud800"
+    writer.start()
+    try:
+        outcomes = asyncio.run(_outcomes(writer, [*good[:100], bad, *good[100:]]))
+    finally:
+        writer.stop()
+    assert outcomes[100] == "DeliveryUnstorable"
+    assert outcomes[:100] + outcomes[101:] == ["stored"] * 200
+    assert _count(db) == 200

@@ -22,14 +22,16 @@ class Clock:
         return self.now
 
 
-def test_limiter_blocks_a_user_after_the_allowed_failures_then_forgets() -> None:
+def test_limiter_blocks_a_client_and_user_after_the_allowed_failures_then_forgets() -> None:
     clock = Clock()
     limiter = LoginLimiter(max_per_user=3, max_per_client=100, window_seconds=60, clock=clock)
     for _ in range(3):
         assert not limiter.blocked("1.2.3.4", "alice")
         limiter.failed("1.2.3.4", "alice")
     assert limiter.blocked("1.2.3.4", "alice")
-    assert limiter.blocked("5.6.7.8", "ALICE ")  # per user name, from anywhere
+    assert limiter.blocked("1.2.3.4", "ALICE ")
+    # Another client is not blocked: guessing cannot lock a named operator out.
+    assert not limiter.blocked("5.6.7.8", "alice")
     assert not limiter.blocked("1.2.3.4", "bob")
     clock.now += 61
     assert not limiter.blocked("1.2.3.4", "alice")

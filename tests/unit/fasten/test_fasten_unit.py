@@ -217,7 +217,7 @@ async def test_credentials_go_only_to_the_api_origin(tmp_path: Path) -> None:
         auth[f"{request.url.host}:{request.url.port}"] = request.headers.get("authorization")
         return httpx.Response(200, headers={"content-length": "3"}, stream=_Short(b"{}\n"))
 
-    allowed = {"api.example.test", "files.example.test"}
+    allowed = {"api.example.test", "files.example.test", "api.example.test:8443"}
     async with _recording_client(httpx.MockTransport(handler), allowed) as client:
         await client.download("https://files.example.test/o", tmp_path / "a")
         await client.download("https://api.example.test:8443/o", tmp_path / "b")

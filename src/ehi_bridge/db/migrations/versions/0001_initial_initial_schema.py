@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-12-04 14:37:50.625560
+Create Date: 2026-12-04 15:40:56.488236
 """
 
 from collections.abc import Sequence
@@ -123,6 +123,19 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "dashboard_sessions",
+        sa.Column("id", sa.String(length=64), nullable=False),
+        sa.Column("username", sa.String(length=128), nullable=False),
+        sa.Column("created_at", ehi_bridge.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", ehi_bridge.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_dashboard_sessions")),
+    )
+    with op.batch_alter_table("dashboard_sessions", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_dashboard_sessions_username"), ["username"], unique=False
+        )
+
+    op.create_table(
         "dashboard_users",
         sa.Column(
             "id",
@@ -165,7 +178,7 @@ def upgrade() -> None:
         sa.Column("applied_at", ehi_bridge.db.base.UTCDateTime(timezone=True), nullable=True),
         sa.Column("next_attempt_at", ehi_bridge.db.base.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_inbox_events")),
-        sa.UniqueConstraint("event_id", name=op.f("uq_inbox_events_event_id")),
+        sa.UniqueConstraint("event_id", "api_mode", name=op.f("uq_inbox_events_event_id")),
     )
     with op.batch_alter_table("inbox_events", schema=None) as batch_op:
         batch_op.create_index(
@@ -352,6 +365,10 @@ def downgrade() -> None:
 
     op.drop_table("inbox_events")
     op.drop_table("dashboard_users")
+    with op.batch_alter_table("dashboard_sessions", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_dashboard_sessions_username"))
+
+    op.drop_table("dashboard_sessions")
     with op.batch_alter_table("connections", schema=None) as batch_op:
         batch_op.drop_index("ix_connections_status_created")
         batch_op.drop_index(batch_op.f("ix_connections_status"))
