@@ -11,6 +11,7 @@ from ehi_bridge.dashboard.endpoints import router as dashboard_router
 from ehi_bridge.db.engine import Database
 from ehi_bridge.deps import AppContext
 from ehi_bridge.ops.endpoints import router as ops_router
+from ehi_bridge.records.endpoints import router as records_router
 
 
 def create_api(settings: Settings, db: Database) -> FastAPI:
@@ -19,6 +20,7 @@ def create_api(settings: Settings, db: Database) -> FastAPI:
     api.state.ctx = AppContext(settings=settings, db=db)
     api.include_router(ops_router)
     api.include_router(api_router)
+    api.include_router(records_router)
     api.include_router(dashboard_router)
     api.include_router(connect_router)
     return api

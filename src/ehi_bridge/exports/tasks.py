@@ -238,6 +238,7 @@ def _ingest_step(export_id: int) -> str:
         export_id=export_id,
         expected_total=expected_total,
         expected_by_type=expected_by_type,
+        quarantine_bytes=rt.settings.quarantine_max_bytes,
     )
     service.record_ingest(rt.db, rt.settings, export_id, report.as_dict(), report.complete)
     path.unlink(missing_ok=True)

@@ -131,6 +131,10 @@ def iter_raw(
 ) -> Iterator[bytes]:
     """NDJSON of the stored bytes: chunks of whole lines, each line ending in ``\\n``.
 
+    A resource stored with line breaks (a pretty-printed Bundle entry; in valid JSON they
+    can only be whitespace between tokens) has them written as spaces: NDJSON needs one
+    line per resource. Every other resource is its stored bytes exactly.
+
     One read transaction (a consistent snapshot) for the whole stream; memory is one chunk.
     Ordered by connection, type, then ingest order.
     """
@@ -140,6 +144,8 @@ def iter_raw(
         buffer: list[bytes] = []
         size = 0
         for raw in _raw_rows(session, connection_ids, resource_type, chunk_rows):
+            if b"\n" in raw or b"\r" in raw:  # pretty-printed: one line, same length
+                raw = raw.replace(b"\r", b" ").replace(b"\n", b" ")
             buffer.append(raw)
             buffer.append(b"\n")
             size += len(raw) + 1

@@ -291,7 +291,9 @@ def test_pretty_bundle_file_is_ingested_as_its_own_bytes(db: Database, tmp_path:
     assert report.complete and report.inserted == 30
     body = path.read_bytes()
     raws = [r.raw for r in stored(db, connection_id).values()]
-    assert sorted(orjson.dumps(orjson.loads(raw)) for raw in raws) == sorted(map(orjson.dumps, docs))
+    assert sorted(orjson.dumps(orjson.loads(raw)) for raw in raws) == sorted(
+        map(orjson.dumps, docs)
+    )
     assert all(raw in body and b"\n" in raw for raw in raws)  # the file's own bytes
     again = ingest_file(db, path, connection_id=connection_id, export_id=None)
     assert (again.inserted, again.updated) == (0, 0)
