@@ -42,8 +42,9 @@ def import_command(
     from ehi_bridge.db.engine import Database
     from ehi_bridge.db.migrate import ensure_schema
     from ehi_bridge.logging import configure_logging
-    from ehi_bridge.records.ingest import ingest_file
+    from ehi_bridge.records.ingest import ingest_file, keep_parser_ready, stop_ready_parser
 
+    keep_parser_ready()  # the parser interpreter boots while this one sets up
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)  # logs go to stderr
     url = settings.resolved_database_url
@@ -73,6 +74,7 @@ def import_command(
                 quarantine_bytes=settings.quarantine_max_bytes,
             )
     finally:
+        stop_ready_parser()
         db.dispose()
     if json_output:
         typer.echo(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())

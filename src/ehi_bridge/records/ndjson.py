@@ -108,6 +108,7 @@ def _last_updated(doc: dict[str, Any]) -> str | None:
 
 
 _KEY_COLON: Final = re.compile(rb'"[ \t\r\n]*:')
+_SPACED_KEY: Final = (b'" ', b'"\t', b'"\n', b'"\r')
 _DECIDING_KEYS: Final = ("resourceType", "id")
 
 
@@ -145,8 +146,13 @@ def duplicate_keys(raw: bytes, doc: Any) -> tuple[list[str], list[str]]:
     gives equal numbers unless a key was dropped, or ``raw`` spells a character as a
     ``\\u`` escape (then the exact check runs).
     """
-    if b"\\u" not in raw and len(_KEY_COLON.findall(raw)) == orjson.dumps(doc).count(b'":'):
-        return [], []
+    if b"\\u" not in raw:
+        if any(pattern in raw for pattern in _SPACED_KEY):
+            keys = len(_KEY_COLON.findall(raw))
+        else:  # no whitespace after any quote: a plain count (several times faster)
+            keys = raw.count(b'":')
+        if keys == orjson.dumps(doc).count(b'":'):
+            return [], []
     try:
         return _exact_duplicates(raw)
     except ValueError:
