@@ -1,11 +1,17 @@
 """A streaming JSON scanner that finds where values start and end, in bytes.
 
-Pure: the only I/O is reading the binary stream it is given. It does not build values: it
-skips them (strings, numbers and nested containers) with a few compiled regular expressions
-that run in C, and keeps in memory only the bytes from the oldest position a caller still
-needs (:meth:`Scanner.keep_from`) to the read position, plus one read-ahead chunk. So a
-200 MB single-line document costs one chunk to walk through, and one value (a Bundle
-entry's ``resource``) costs its own size to keep.
+Pure: the only I/O is reading the binary stream it is given. It keeps in memory only the
+bytes from the oldest position a caller still needs (:meth:`Scanner.keep_from`) to the read
+position, plus one read-ahead chunk. So a 200 MB single-line document costs one chunk to
+walk through, and one value (a Bundle entry's ``resource``) costs its own size to keep.
+
+Skipping a container: the standard library's C decoder (``raw_decode``) runs over the
+buffer decoded as Latin-1, where one byte is one character, so the end it returns is a byte
+offset (JSON's structural characters are ASCII, and no byte of a multi-byte UTF-8 sequence
+is one of them). The values it builds are thrown away. A container it cannot decode within
+the buffer (larger than the read-ahead, or not valid JSON) is walked bracket by bracket
+with possessive regular expressions instead, trying the decoder again on each container
+inside it; this walk is lenient.
 
 It is a skimmer, not a validator: values the caller keeps are parsed by orjson afterwards
 (which rejects what is not JSON). Structure errors it does meet raise :class:`ScanError`.
@@ -13,12 +19,15 @@ It is a skimmer, not a validator: values the caller keeps are parsed by orjson a
 
 from __future__ import annotations
 
+import json
 import re
 from typing import IO, Final
 
 import orjson
 
 READ_BYTES: Final = 1024 * 1024
+LOOKAHEAD: Final = 256 * 1024  # bytes held ahead of a container before decoding it whole
+_DECODER: Final = json.JSONDecoder()
 BOM: Final = b"\xef\xbb\xbf"
 
 # Everything up to the next bracket or string, and whole strings, possessively (no
@@ -27,6 +36,7 @@ _SKIM: Final = re.compile(rb'(?:[^\[\]{}"]++|"(?:[^"\\]++|\\.)*+")*+', re.DOTALL
 _STRING: Final = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
 _SCALAR: Final = re.compile(rb"[^\s,\]}:\[{\"]+")
 _SPACE: Final = re.compile(rb"[ \t\r\n]*+")
+_WHITESPACE: Final = frozenset(b" \t\r\n")
 
 
 class ScanError(ValueError):
@@ -49,6 +59,8 @@ class Scanner:
         self._pos = 0  # index into _buf
         self._keep: int | None = None  # absolute offset the caller still needs
         self._eof = False
+        self._text: str | None = None  # _buf as Latin-1, for the decoder
+        self._lookahead = min(LOOKAHEAD, read_bytes)
 
     # ------------------------------------------------------------------ buffer
 
@@ -79,10 +91,15 @@ class Scanner:
         self._buf = self._buf[drop:] + data
         self._base += drop
         self._pos -= drop
+        self._text = None
         return True
 
     def peek(self) -> int | None:
         """The next byte after whitespace (not consumed); None at end of stream."""
+        if self._pos < len(self._buf):
+            char = self._buf[self._pos]
+            if char not in _WHITESPACE:
+                return char
         while True:
             m = _SPACE.match(self._buf, self._pos)
             assert m is not None
@@ -155,6 +172,23 @@ class Scanner:
                 self._pos = m.end()
                 return
 
+    def _decoded(self) -> bool:
+        """Skip the container at the read position with the C decoder, if it lies whole
+        within the buffer (after reading ahead a little) and is valid JSON."""
+        if len(self._buf) - self._pos < self._lookahead and not self._eof:
+            keep = self._keep
+            self._keep = self.offset if keep is None else min(keep, self.offset)
+            self._fill()
+            self._keep = keep
+        if self._text is None:
+            self._text = self._buf.decode("latin-1")
+        try:
+            _, end = _DECODER.raw_decode(self._text, self._pos)
+        except ValueError:  # incomplete in the buffer, or not JSON: walk it
+            return False
+        self._pos = end
+        return True
+
     def _skip_container(self) -> None:
         depth = 0
         while True:
@@ -169,23 +203,28 @@ class Scanner:
             if char == ord('"'):  # a string not yet complete in the buffer
                 self._skip_string()
                 continue
-            self._pos += 1
             if char in b"{[":
+                if self._decoded():
+                    if depth == 0:
+                        return
+                    continue
+                self._pos += 1
                 depth += 1
             else:
+                self._pos += 1
                 depth -= 1
                 if depth == 0:
                     return
 
     def read_value(self) -> bytes:
         """The next value's bytes (kept whole)."""
+        self.peek()
         keep = self._keep
-        self._keep = self.offset if keep is None else min(keep, self.offset)
+        start = self.offset
+        self._keep = start if keep is None else min(keep, start)
         try:
-            self.peek()
-            self._keep = self.offset if keep is None else min(keep, self.offset)
-            start, end = self.skip_value()
-            return self.slice(start, end)
+            self.skip_value()
+            return self.slice(start, self.offset)
         finally:
             self._keep = keep
 
@@ -195,6 +234,11 @@ class Scanner:
             raise ScanError(self.offset, "expected a key")
         raw = self.read_value()
         self.expect(b":")
+        if b"\\" not in raw:
+            try:
+                return raw[1:-1].decode()
+            except UnicodeDecodeError as exc:
+                raise ScanError(self.offset, "invalid key") from exc
         try:
             key = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import tracemalloc
 from pathlib import Path
 
 import orjson
@@ -228,3 +229,33 @@ def test_rejected_lines_carry_their_bytes() -> None:
         (9, "missing id", lines[8]),
         (11, "invalid JSON", lines[10]),  # not UTF-8
     ]
+
+
+def test_bundle_memory_is_bounded_by_the_largest_entry(tmp_path: Path) -> None:
+    """A ~45 MB single-line Bundle (resourceType last) with a 6 MB Binary entry: detection
+    and the span scan hold about a read chunk and that entry, never the file."""
+    binary = b'{"resourceType":"Binary","id":"b6","data":"' + b"QUJD" * (1536 * 1024) + b'"}'
+    lines = _many_lines(100)
+    path = tmp_path / "big.json"
+    with path.open("wb") as f:
+        f.write(b'{"type":"collection","entry":[')
+        for n, line in enumerate([*lines[: len(lines) // 2], binary, *lines[len(lines) // 2 :]]):
+            f.write((b"," if n else b"") + b'{"resource":' + line + b"}")
+        f.write(b'],"resourceType":"Bundle"}')
+    size = path.stat().st_size
+    assert size > 40 * 1024 * 1024
+    tracemalloc.start()
+    try:
+        with path.open("rb") as stream:
+            count = 0
+            for item in iter_records(stream):
+                assert isinstance(item, ParsedResource)
+                count += 1
+                if item.resource_id == "b6":
+                    assert item.raw == binary
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == len(lines) + 1
+    print(f"bundle scan peak {peak / 1e6:.1f} MB for a {size / 1e6:.0f} MB file")
+    assert peak < 4 * len(binary) and peak < size / 2
