@@ -16,7 +16,8 @@ module, computes sha256 and inserts (type, id, hash, bytes) into SQLite (WAL,
 runs it (a subprocess on an already migrated database; its whole wall time less the
 interpreter's start-up, itself measured as ``python -c pass``), with its peak RSS (the larger
 of the command's process and its parser process). ``--formats bundle`` ingests the same
-resources as one single-line searchset Bundle whose ``resourceType`` is its last key.
+resources as one single-line searchset Bundle whose ``resourceType`` is its last key
+(``bundle-first``: its first key).
 
 PostgreSQL: ``--pg-url`` (default postgresql://postgres@127.0.0.1:5432/postgres); a
 throwaway database is created and dropped per run.
@@ -76,14 +77,16 @@ def build_file(source: Path, count: int, out: Path) -> Path:
     return out
 
 
-def build_bundle(ndjson: Path, out: Path) -> Path:
+def build_bundle(ndjson: Path, out: Path, resource_type_first: bool = False) -> Path:
     """The resources of ``ndjson`` as one single-line searchset Bundle, ``resourceType``
-    last; each entry.resource is the line's bytes."""
+    last (or first); each entry.resource is the line's bytes."""
     if out.exists() and out.stat().st_size > 0:
         return out
     tmp = out.with_suffix(".part")
+    head = b'{"resourceType":"Bundle",' if resource_type_first else b"{"
+    tail = b"]}" if resource_type_first else b'],"resourceType":"Bundle"}'
     with ndjson.open("rb") as src, tmp.open("wb", buffering=4 * 1024 * 1024) as f:
-        f.write(b'{"type":"searchset","id":"bench","entry":[')
+        f.write(head + b'"type":"searchset","id":"bench","entry":[')
         first = True
         for n, line in enumerate(src):
             line = line.rstrip(b"\r\n")
@@ -94,7 +97,7 @@ def build_bundle(ndjson: Path, out: Path) -> Path:
             f.write(line)
             f.write(b',"search":{"mode":"match"}}')
             first = False
-        f.write(b'],"resourceType":"Bundle"}')
+        f.write(tail)
     tmp.rename(out)
     return out
 
@@ -355,7 +358,9 @@ def main() -> None:
     parser.add_argument("--batch-rows", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell; the best is shown")
     parser.add_argument("--cli", action="store_true", help="time `ehi-bridge import` (SQLite)")
-    parser.add_argument("--formats", default="ndjson", help="with --cli: ndjson,bundle")
+    parser.add_argument(
+        "--formats", default="ndjson", help="with --cli: ndjson,bundle,bundle-first"
+    )
     parser.add_argument("--child", nargs=2, metavar=("URL", "FILE"), help=argparse.SUPPRESS)
     parser.add_argument("--cli-child", nargs=2, metavar=("URL", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()

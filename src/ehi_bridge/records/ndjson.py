@@ -33,12 +33,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any, Final
+from typing import IO, Any, Final, cast
 
 import orjson
 
 from ehi_bridge.records.bundle import BundleFacts, iter_entries
-from ehi_bridge.records.jsonscan import ScanError, first_value_shape
+from ehi_bridge.records.jsonscan import ScanError, Scanner, first_value_shape
 
 MAX_TYPE_LENGTH: Final = 64
 MAX_ID_LENGTH: Final = 255
@@ -304,12 +304,81 @@ def iter_bundle(stream: IO[bytes], facts: BundleFacts | None = None) -> Iterator
         yield ParseError(*facts.error)
 
 
+class _FirstBytes:
+    """The first ``limit`` bytes of a stream, as a stream."""
+
+    def __init__(self, stream: IO[bytes], limit: int) -> None:
+        self._stream = stream
+        self._left = limit
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._left if size < 0 else min(size, self._left)
+        data = self._stream.read(size) if size else b""
+        self._left -= len(data)
+        return data
+
+
+def _first_newline(stream: IO[bytes]) -> tuple[int | None, bool]:
+    """Offset (from the current position) of the first newline, and whether anything but
+    whitespace follows it. Reads chunks and keeps none."""
+    offset = 0
+    newline: int | None = None
+    while True:
+        chunk = stream.read(1024 * 1024)
+        if not chunk:
+            return newline, False
+        start = 0
+        if newline is None:
+            at = chunk.find(b"\n")
+            if at < 0:
+                offset += len(chunk)
+                continue
+            newline = offset + at
+            start = at + 1
+        if chunk[start:].strip():
+            return newline, True
+
+
+def _bundle_first(stream: IO[bytes], start: int) -> bool | None:
+    """The quick answer when ``resourceType`` is the first key and says Bundle: a file of
+    one line holds one value (a Bundle); a first line that is a whole value with more
+    lines after it is NDJSON. None otherwise (then the first value is walked whole)."""
+    scanner = Scanner(stream)
+    scanner.skip_bom()
+    scanner.peek()
+    value_start = start + scanner.offset
+    if not scanner.accept(b"{") or scanner.peek() != ord('"'):
+        return None
+    if scanner.read_key() != "resourceType":
+        return None
+    if orjson.loads(scanner.read_value()) != "Bundle":
+        return None
+    stream.seek(value_start)
+    newline, more = _first_newline(stream)
+    if newline is None or not more:
+        return True  # one line: one value
+    stream.seek(value_start)
+    try:
+        first_value_shape(cast(IO[bytes], _FirstBytes(stream, newline)))
+    except ScanError:
+        return None  # the value goes on past its first line: walk it to its end
+    return False  # a whole Bundle on the first line and more lines after it: NDJSON
+
+
 def detect_stream(stream: IO[bytes]) -> str:
     """``bundle`` when the stream holds exactly one JSON value, an object whose top-level
-    ``resourceType`` is ``Bundle``; else ``ndjson``. Walks (without keeping) the first
-    value, so a Bundle costs one extra skim of the file; an NDJSON file, one line. Reads
-    from the stream's current position and leaves it wherever the walk stopped."""
+    ``resourceType`` is ``Bundle``; else ``ndjson``. Reads from the stream's current
+    position (which must be seekable) and leaves it anywhere.
+
+    A single-line Bundle with ``resourceType`` first: a search for the first newline.
+    Otherwise the first value is walked without being kept: an NDJSON file costs its first
+    line, a pretty-printed Bundle or one with ``resourceType`` later one extra skim."""
+    start = stream.tell()
     try:
+        quick = _bundle_first(stream, start)
+        if quick is not None:
+            return "bundle" if quick else "ndjson"
+        stream.seek(start)
         resource_type, more = first_value_shape(stream)
     except (ScanError, orjson.JSONDecodeError):
         return "ndjson"

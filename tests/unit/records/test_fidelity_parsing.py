@@ -139,7 +139,20 @@ def test_pretty_bundle_keeps_decimals_escapes_and_spacing() -> None:
         (b'\xef\xbb\xbf{\n "entry": [],\n "resourceType": "Bundle"\n}\n\n', "bundle"),
         (b'{"resourceType":"Bundle","entry":[]}\n{"resourceType":"Patient","id":"p"}\n', "ndjson"),
         (b'{"resourceType":"Patient","id":"p","x":"}{\\"resourceType\\":\\"Bundle\\""}', "ndjson"),
-        (b'{"resourceType":"Bundle","entry":[', "ndjson"),  # cut short: not a document
+        # Cut short: still a Bundle by its start; the entries before the cut are kept.
+        (b'{"resourceType":"Bundle","entry":[', "bundle"),
+        (b'{"entry":[],"resourceType":"Bundle"', "ndjson"),  # cut, resourceType last
+        (
+            b'\n\n {"resourceType":"Bundle","entry":[]}\n{"resourceType":"Patient","id":"p"}',
+            "ndjson",
+        ),
+        (b'\n\n {"resourceType":"Bundle","entry":[]}\n\n', "bundle"),
+        (b'{"resourceType":"Bundle",\n"entry":[]}\n{"resourceType":"Patient","id":"p"}', "ndjson"),
+        (b'{"resourceType":"Bundle","id":"x\\n","entry":[\n]}', "bundle"),
+        (
+            b'{"resourceType":"Bundle","entry":[{"resource":{"resourceType":"Patient","id":"p"}}]}\n',
+            "bundle",
+        ),
     ],
 )
 def test_format_is_decided_by_structure(data: bytes, kind: str) -> None:
