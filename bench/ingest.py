@@ -220,7 +220,11 @@ def main_cli(args: argparse.Namespace) -> None:
             file = (
                 ndjson
                 if fmt == "ndjson"
-                else build_bundle(ndjson, args.workdir / f"synthea-{size}.bundle.json")
+                else build_bundle(
+                    ndjson,
+                    args.workdir / f"synthea-{size}.{fmt}.json",
+                    resource_type_first=fmt == "bundle-first",
+                )
             )
             for _ in range(args.repeat):
                 base = floor(ndjson, args.workdir)
