@@ -7,6 +7,17 @@ the child's peak RSS (``ru_maxrss``).
 
     .venv/bin/python bench/ingest.py                       # 10k, 100k, 1M on both
     .venv/bin/python bench/ingest.py --sizes 10000 --backends sqlite   # quick run
+    .venv/bin/python bench/ingest.py --cli --sizes 300000 --formats ndjson,bundle
+
+Every figure is printed beside a *floor* taken in the same run, on the same resources: one
+process reads the NDJSON file line by line, parses each line with the standard ``json``
+module, computes sha256 and inserts (type, id, hash, bytes) into SQLite (WAL,
+``synchronous=FULL``, 5,000 rows a commit). ``--cli`` times ``ehi-bridge import`` as a user
+runs it (a subprocess on an already migrated database; its whole wall time less the
+interpreter's start-up, itself measured as ``python -c pass``), with its peak RSS (the larger
+of the command's process and its parser process). ``--formats bundle`` ingests the same
+resources as one single-line searchset Bundle whose ``resourceType`` is its last key
+(``bundle-first``: its first key).
 
 PostgreSQL: ``--pg-url`` (default postgresql://postgres@127.0.0.1:5432/postgres); a
 throwaway database is created and dropped per run.
@@ -15,9 +26,11 @@ throwaway database is created and dropped per run.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -62,6 +75,180 @@ def build_file(source: Path, count: int, out: Path) -> Path:
             copy += 1
     tmp.rename(out)
     return out
+
+
+def build_bundle(ndjson: Path, out: Path, resource_type_first: bool = False) -> Path:
+    """The resources of ``ndjson`` as one single-line searchset Bundle, ``resourceType``
+    last (or first); each entry.resource is the line's bytes."""
+    if out.exists() and out.stat().st_size > 0:
+        return out
+    tmp = out.with_suffix(".part")
+    head = b'{"resourceType":"Bundle",' if resource_type_first else b"{"
+    tail = b"]}" if resource_type_first else b'],"resourceType":"Bundle"}'
+    with ndjson.open("rb") as src, tmp.open("wb", buffering=4 * 1024 * 1024) as f:
+        f.write(head + b'"type":"searchset","id":"bench","entry":[')
+        first = True
+        for n, line in enumerate(src):
+            line = line.rstrip(b"\r\n")
+            if not line:
+                continue
+            f.write(b"" if first else b",")
+            f.write(b'{"fullUrl":"urn:bench:' + str(n).encode() + b'","resource":')
+            f.write(line)
+            f.write(b',"search":{"mode":"match"}}')
+            first = False
+        f.write(tail)
+    tmp.rename(out)
+    return out
+
+
+def floor(ndjson: Path, workdir: Path) -> dict[str, float]:
+    """The floor (see the module docstring), in this process; resources/s."""
+    db_path = workdir / f"floor-{uuid.uuid4().hex[:8]}.sqlite3"
+    db = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute(
+            "CREATE TABLE r (type TEXT NOT NULL, id TEXT NOT NULL, hash BLOB NOT NULL, "
+            "raw BLOB NOT NULL, UNIQUE (type, id))"
+        )
+        started = time.perf_counter()
+        rows: list[tuple[str, str, bytes, bytes]] = []
+        count = 0
+        with ndjson.open("rb") as f:
+            for line in f:
+                line = line.rstrip(b"\r\n")
+                if not line:
+                    continue
+                doc = json.loads(line)
+                rows.append((doc["resourceType"], doc["id"], hashlib.sha256(line).digest(), line))
+                if len(rows) >= 5000:
+                    db.execute("BEGIN")
+                    db.executemany("INSERT INTO r VALUES (?, ?, ?, ?)", rows)
+                    db.execute("COMMIT")
+                    count += len(rows)
+                    rows = []
+        if rows:
+            db.execute("BEGIN")
+            db.executemany("INSERT INTO r VALUES (?, ?, ?, ?)", rows)
+            db.execute("COMMIT")
+            count += len(rows)
+        elapsed = time.perf_counter() - started
+    finally:
+        db.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(db_path) + suffix).unlink(missing_ok=True)
+    return {"resources": count, "seconds": elapsed, "rate": count / elapsed}
+
+
+def interpreter_start() -> float:
+    """Wall time of ``python -c pass``, best of 5."""
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def cli_child(url: str, file: Path) -> None:
+    """Runs in a fresh process: ``ehi-bridge import`` as a subprocess, timed; prints its
+    wall time and the peak RSS of it and its parser (RUSAGE_CHILDREN: the largest)."""
+    env = {**os.environ, "EHI_DATABASE_URL": url, "EHI_LOG_LEVEL": "WARNING"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "ehi_bridge",
+        "import",
+        str(file),
+        "--connection",
+        "bench",
+        "--json",
+    ]
+    started = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, env=env, cwd=REPO)
+    elapsed = time.perf_counter() - started
+    report = json.loads(out.stdout)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(
+        json.dumps(
+            {
+                "resources": report["resources"],
+                "errors": report["errors"],
+                "status": report["status"],
+                "exit": out.returncode,
+                "wall": elapsed,
+                "peak_rss_mb": peak,
+                "parser_rss_mb": report["parser_peak_rss_kib"] / 1024,
+            }
+        )
+    )
+
+
+def run_cli(file: Path, args: argparse.Namespace, workdir: Path, start: float) -> dict[str, float]:
+    db_path = workdir / f"cli-{uuid.uuid4().hex[:8]}.sqlite3"
+    url = f"sqlite:///{db_path}"
+    try:
+        env = {**os.environ, "EHI_DATABASE_URL": url, "EHI_LOG_LEVEL": "WARNING"}
+        subprocess.run(
+            [sys.executable, "-m", "ehi_bridge", "db", "upgrade"],
+            check=True,
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+        )
+        cmd = [sys.executable, __file__, "--cli-child", url, str(file)]
+        out = subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=REPO)
+        result: dict[str, float] = json.loads(out.stdout.decode().strip().splitlines()[-1])
+        result["seconds"] = result["wall"] - start
+        result["rate"] = result["resources"] / result["seconds"]
+        return result
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(db_path) + suffix).unlink(missing_ok=True)
+
+
+def main_cli(args: argparse.Namespace) -> None:
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    start = interpreter_start()
+    print(f"interpreter start-up {start * 1000:.0f} ms (subtracted)", file=sys.stderr)
+    rows = []
+    for size in [int(s) for s in args.sizes.split(",") if s]:
+        ndjson = build_file(args.source, size, args.workdir / f"synthea-{size}.ndjson")
+        for fmt in [f for f in args.formats.split(",") if f]:
+            file = (
+                ndjson
+                if fmt == "ndjson"
+                else build_bundle(
+                    ndjson,
+                    args.workdir / f"synthea-{size}.{fmt}.json",
+                    resource_type_first=fmt == "bundle-first",
+                )
+            )
+            for _ in range(args.repeat):
+                base = floor(ndjson, args.workdir)
+                got = run_cli(file, args, args.workdir, start)
+                assert got["resources"] == size and got["errors"] == 0, got
+                ratio = got["rate"] / base["rate"]
+                rows.append((fmt, size, file.stat().st_size, base, got, ratio))
+                print(
+                    f"{fmt:7} {size:>9,} floor {base['rate']:>9,.0f}/s  import "
+                    f"{got['rate']:>9,.0f}/s ({got['seconds']:.2f}s) = {ratio:.2f}x floor, "
+                    f"peak RSS {got['peak_rss_mb']:.0f} MB (parser {got['parser_rss_mb']:.0f})",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    print()
+    print(
+        "| format | resources | file MB | floor /s | import s | import /s | x floor | peak RSS MB |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for fmt, size, nbytes, base, got, ratio in rows:
+        print(
+            f"| {fmt} | {size:,} | {nbytes / 1e6:,.0f} | {base['rate']:,.0f} | "
+            f"{got['seconds']:.2f} | {got['rate']:,.0f} | {ratio:.2f} | {got['peak_rss_mb']:.0f} |"
+        )
 
 
 def child(url: str, file: Path, batch_rows: int) -> None:
@@ -174,10 +361,21 @@ def main() -> None:
     parser.add_argument("--pg-url", default=os.environ.get("EHI_BENCH_PG_URL", DEFAULT_PG))
     parser.add_argument("--batch-rows", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell; the best is shown")
+    parser.add_argument("--cli", action="store_true", help="time `ehi-bridge import` (SQLite)")
+    parser.add_argument(
+        "--formats", default="ndjson", help="with --cli: ndjson,bundle,bundle-first"
+    )
     parser.add_argument("--child", nargs=2, metavar=("URL", "FILE"), help=argparse.SUPPRESS)
+    parser.add_argument("--cli-child", nargs=2, metavar=("URL", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child[0], Path(args.child[1]), args.batch_rows)
+        return
+    if args.cli_child:
+        cli_child(args.cli_child[0], Path(args.cli_child[1]))
+        return
+    if args.cli:
+        main_cli(args)
         return
     args.workdir.mkdir(parents=True, exist_ok=True)
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -185,13 +383,17 @@ def main() -> None:
     rows = []
     for size in sizes:
         file = build_file(args.source, size, args.workdir / f"synthea-{size}.ndjson")
+        base = floor(file, args.workdir)
+        print(f"floor     {size:>9,} {base['rate']:>10,.0f}/s", file=sys.stderr, flush=True)
         for backend in backends:
             runs = [run_one(backend, file, args, args.workdir) for _ in range(args.repeat)]
             best = max(runs, key=lambda r: r["rate"])
             assert best["stored"] == size and best["errors"] == 0, best
+            best["floor"] = base["rate"]
             rows.append((backend, size, file.stat().st_size, best))
             print(
-                f"{backend:9} {size:>9,} {best['rate']:>10,.0f}/s {best['seconds']:>8.2f}s "
+                f"{backend:9} {size:>9,} {best['rate']:>10,.0f}/s "
+                f"({best['rate'] / base['rate']:.2f}x floor) {best['seconds']:>8.2f}s "
                 f"peak RSS {best['peak_rss_mb']:.0f} MB + parser {best['parser_rss_mb']:.0f} MB, "
                 f"client CPU {best['cpu_us_per_resource']:.1f} + parser "
                 f"{best['parser_cpu_us_per_resource']:.1f} us/resource",
@@ -200,14 +402,15 @@ def main() -> None:
             )
     print()
     print(
-        "| backend | resources | file MB | seconds | resources/s | MB/s | peak RSS MB "
-        "| parser peak RSS MB | client CPU µs/resource | parser CPU µs/resource |"
+        "| backend | resources | file MB | seconds | resources/s | floor /s | x floor | MB/s "
+        "| peak RSS MB | parser peak RSS MB | client CPU µs/resource | parser CPU µs/resource |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for backend, size, nbytes, r in rows:
         print(
             f"| {backend} | {size:,} | {nbytes / 1e6:,.0f} | {r['seconds']:.2f} | "
-            f"{r['rate']:,.0f} | {nbytes / 1e6 / r['seconds']:,.1f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['rate']:,.0f} | {r['floor']:,.0f} | {r['rate'] / r['floor']:.2f} | "
+            f"{nbytes / 1e6 / r['seconds']:,.1f} | {r['peak_rss_mb']:.0f} | "
             f"{r['parser_rss_mb']:.0f} | {r['cpu_us_per_resource']:.1f} | "
             f"{r['parser_cpu_us_per_resource']:.1f} |"
         )

@@ -14,6 +14,7 @@ from ehi_bridge.deps import AppContext
 from ehi_bridge.guard.errors import validation_error
 from ehi_bridge.guard.middleware import RequestGuard
 from ehi_bridge.ops.endpoints import router as ops_router
+from ehi_bridge.records.endpoints import router as records_router
 
 
 def create_api(settings: Settings, db: Database) -> FastAPI:
@@ -22,6 +23,7 @@ def create_api(settings: Settings, db: Database) -> FastAPI:
     api.state.ctx = AppContext(settings=settings, db=db)
     api.include_router(ops_router)
     api.include_router(api_router)
+    api.include_router(records_router)
     api.include_router(dashboard_router)
     api.include_router(connect_router)
     api.add_exception_handler(RequestValidationError, validation_error)

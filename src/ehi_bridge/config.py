@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     export_file_lifetime_hours: int = 24
     rerequest_expired_exports: bool = True
     revoked_records: Literal["keep", "purge"] = "keep"
+    # Bytes of a rejected line kept in the quarantine; longer lines are cut (and marked).
+    quarantine_max_bytes: int = Field(default=1024 * 1024, ge=0)
 
     alert_slack_webhook_url: SecretStr | None = None
     alert_http_url: str | None = None

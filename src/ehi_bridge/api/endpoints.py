@@ -31,7 +31,6 @@ from ehi_bridge.api.schemas import (
     Problem,
     ReplayRequest,
     ReplayResult,
-    ResourceOut,
     ResourcePage,
     TimelineEvent,
     UserDetail,
@@ -408,22 +407,20 @@ def replay_many(
 # --- resources ------------------------------------------------------------------------------
 
 
-def _resource_out(row: Any) -> ResourceOut:
-    try:
-        resource = orjson.loads(row.raw)
-    except orjson.JSONDecodeError:
-        resource = None
-    return ResourceOut(
-        id=row.id,
-        connection_id=row.connection_id,
-        resource_type=row.resource_type,
-        resource_id=row.resource_id,
-        version=row.version,
-        last_updated=row.last_updated,
-        ingested_at=row.ingested_at,
-        revoked=row.revoked,
-        resource=resource if isinstance(resource, dict) else None,
-    )
+def _resource_item(row: Any) -> dict[str, Any]:
+    """One list item; ``resource`` is the stored bytes embedded as they are (a raw JSON
+    fragment, never parsed and dumped again: ``0.00`` stays ``0.00``)."""
+    return {
+        "id": row.id,
+        "connection_id": row.connection_id,
+        "resource_type": row.resource_type,
+        "resource_id": row.resource_id,
+        "version": row.version,
+        "last_updated": row.last_updated,
+        "ingested_at": row.ingested_at,
+        "revoked": row.revoked,
+        "resource": orjson.Fragment(bytes(row.raw)),
+    }
 
 
 @authed.get(
@@ -442,7 +439,7 @@ def list_resources(
     type: OptIdent = None,
     cursor: Cursor = None,
     limit: Limit = 50,
-) -> ResourcePage:
+) -> Response:
     key = _decode("r", cursor, (str, str, int))
     ids, target_type, target_id = _connection_scope(session, connection_id, external_id)
     _audit(db, actor, "resources.list", target_type, target_id, request)
@@ -458,7 +455,8 @@ def list_resources(
         rows = rows[:limit]
         last = rows[-1]
         next_cursor = repo.encode_cursor("r", [last.connection_id, last.resource_type, last.id])
-    return ResourcePage(items=[_resource_out(r) for r in rows], next_cursor=next_cursor)
+    page = {"items": [_resource_item(r) for r in rows], "next_cursor": next_cursor}
+    return Response(content=orjson.dumps(page), media_type="application/json")
 
 
 @authed.get(

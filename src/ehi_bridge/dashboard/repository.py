@@ -278,7 +278,7 @@ def ingest_error_counts(session: Session, export_ids: Sequence[int]) -> dict[int
         return {}
     rows = session.execute(
         select(IngestError.export_id, func.count())
-        .where(IngestError.export_id.in_(list(export_ids)))
+        .where(IngestError.export_id.in_(list(export_ids)), IngestError.kind == "rejected")
         .group_by(IngestError.export_id)
     ).all()
     return {int(e): int(n) for e, n in rows if e is not None}

@@ -15,6 +15,8 @@ from ehi_bridge.dashboard import repository as repo
 from ehi_bridge.db.base import utcnow
 from ehi_bridge.deps import AppContext
 from ehi_bridge.exports.models import Export
+from ehi_bridge.records import quarantine
+from ehi_bridge.records.models import IngestError, IngestRun
 from ehi_bridge.webhooks.models import InboxEvent
 
 DELIVERY_WINDOW = timedelta(hours=48)
@@ -134,6 +136,9 @@ class ConnectionPage:
     events: Sequence[InboxEvent]
     exports: list[ExportView]
     resources: list[tuple[str, int]]
+    runs: Sequence[IngestRun] = ()
+    quarantine_counts: dict[str, int] = field(default_factory=dict)
+    quarantine: Sequence[IngestError] = ()
 
     @property
     def resources_total(self) -> int:
@@ -157,6 +162,9 @@ def connection_page(session: Session, connection: Connection) -> ConnectionPage:
             for e in exports
         ],
         resources=repo.resources_by_type(session, connection.id),
+        runs=quarantine.list_runs(session, connection.id, 10),
+        quarantine_counts=quarantine.count_errors(session, connection.id),
+        quarantine=quarantine.list_errors(session, connection.id, limit=50),
     )
 
 

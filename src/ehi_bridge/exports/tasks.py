@@ -179,6 +179,7 @@ def _ingest(export_id: int) -> str:
         export_id=export_id,
         expected_total=expected_total,
         expected_by_type=expected_by_type,
+        quarantine_bytes=ctx.settings.quarantine_max_bytes,
     )
     service.record_ingest(ctx.db, ctx.settings, export_id, report.as_dict(), report.complete)
     path.unlink(missing_ok=True)

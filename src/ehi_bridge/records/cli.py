@@ -22,7 +22,11 @@ def import_command(
     ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Ingest a FHIR export file. An unknown connection becomes a ``manual`` connection."""
+    """Ingest a FHIR export file. An unknown connection becomes a ``manual`` connection.
+
+    Exit status: 0 complete, 2 partial (rejected lines or counts that differ), 3 every line
+    stored but some keys repeat with different content (each version is kept).
+    """
     import orjson
     from rich.console import Console
     from rich.progress import (
@@ -38,8 +42,9 @@ def import_command(
     from ehi_bridge.db.engine import Database
     from ehi_bridge.db.migrate import ensure_schema
     from ehi_bridge.logging import configure_logging
-    from ehi_bridge.records.ingest import ingest_file
+    from ehi_bridge.records.ingest import ingest_file, keep_parser_ready, stop_ready_parser
 
+    keep_parser_ready()  # the parser interpreter boots while this one sets up
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)  # logs go to stderr
     url = settings.resolved_database_url
@@ -66,8 +71,10 @@ def import_command(
                 connection_id=connection_id,
                 export_id=None,
                 progress=lambda done: bar.update(task, completed=done),
+                quarantine_bytes=settings.quarantine_max_bytes,
             )
     finally:
+        stop_ready_parser()
         db.dispose()
     if json_output:
         typer.echo(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
@@ -75,6 +82,8 @@ def import_command(
         _print_report(report.as_dict())
     if not report.complete:
         raise typer.Exit(code=2)
+    if report.status == "conflicts":
+        raise typer.Exit(code=3)
 
 
 def _print_report(data: dict[str, object]) -> None:
@@ -91,7 +100,11 @@ def _print_report(data: dict[str, object]) -> None:
         "inserted",
         "updated",
         "unchanged",
+        "run_id",
         "duplicates",
+        "exact_repeats",
+        "conflicts",
+        "duplicate_key_lines",
         "errors",
         "seconds",
     ):
@@ -105,6 +118,16 @@ def _print_report(data: dict[str, object]) -> None:
         console.print(table)
     for sample in data.get("error_samples") or []:  # type: ignore[attr-defined]
         console.print(f"line {sample['line']}: {sample['reason']}")
+    for c in data.get("conflict_samples") or []:  # type: ignore[attr-defined]
+        console.print(
+            f"conflict {c['resource_type']}/{c['resource_id']}: line {c['line']} differs "
+            f"from line {c['previous_line']} (both versions kept)"
+        )
+    if data.get("errors") or data.get("conflicts") or data.get("duplicate_key_lines"):
+        console.print(
+            f"see: ehi-bridge records errors --connection {data['connection_id']} "
+            f"--run {data['run_id']}"
+        )
     for mismatch in data.get("mismatches") or []:  # type: ignore[attr-defined]
         console.print(
             f"mismatch {mismatch['resource_type'] or 'total'}: "
@@ -119,14 +142,24 @@ def export_command(
     ),
     out: str = typer.Option(..., "--out", help="Output NDJSON file, or - for stdout."),
     resource_type: str | None = typer.Option(None, "--type", help="Only this resource type."),
+    output_format: str = typer.Option(
+        "ndjson", "--format", help="ndjson (one resource a line) or bundle (a collection)."
+    ),
 ) -> None:
-    """Write a connection's stored resources as NDJSON, byte for byte as received."""
+    """Write a connection's stored resources, byte for byte as received: NDJSON, or a
+    Bundle whose every entry.resource is the stored bytes. NDJSON needs one line per
+    resource: a resource that arrived pretty-printed (in a Bundle) has its line breaks
+    written as spaces there (same length, same JSON); --format bundle keeps them."""
     from ehi_bridge.config import Settings
     from ehi_bridge.connections.repository import find
     from ehi_bridge.db.engine import Database
     from ehi_bridge.db.migrate import ensure_schema
     from ehi_bridge.logging import configure_logging
-    from ehi_bridge.records.repository import iter_raw
+    from ehi_bridge.records.repository import iter_bundle, iter_raw
+
+    if output_format not in ("ndjson", "bundle"):
+        typer.echo("--format must be ndjson or bundle", err=True)
+        raise typer.Exit(code=1)
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)  # stdout may carry the NDJSON
@@ -140,17 +173,115 @@ def export_command(
         if connection_id is None:
             typer.echo(f"unknown connection: {connection}", err=True)
             raise typer.Exit(code=1)
+        writer = iter_bundle if output_format == "bundle" else iter_raw
         if out == "-":
             sink = sys.stdout.buffer
-            for chunk in iter_raw(db, [connection_id], resource_type):
+            for chunk in writer(db, [connection_id], resource_type):
                 sink.write(chunk)
             sink.flush()
         else:
             target = Path(out)
             partial = target.with_name(target.name + ".part")
             with partial.open("wb") as f:
-                for chunk in iter_raw(db, [connection_id], resource_type):
+                for chunk in writer(db, [connection_id], resource_type):
                     f.write(chunk)
             partial.replace(target)
     finally:
         db.dispose()
+
+
+@app.command("errors")
+def errors_command(
+    connection: str = typer.Option(
+        ..., "--connection", help="Connection id (ours or Fasten's org_connection_id)."
+    ),
+    run: int | None = typer.Option(None, "--run", help="Only this ingest run."),
+    kind: str | None = typer.Option(
+        None, "--kind", help="rejected, conflict, exact_repeat or duplicate_keys."
+    ),
+    limit: int = typer.Option(100, "--limit", min=1, help="At most this many rows."),
+    show_bytes: bool = typer.Option(False, "--bytes", help="Print rejected lines' bytes."),
+) -> None:
+    """The quarantine of a connection: rejected lines, conflicting and exact repeats,
+    duplicate JSON keys; with line, reason and source run."""
+    from ehi_bridge.config import Settings
+    from ehi_bridge.connections.repository import find
+    from ehi_bridge.db.engine import Database
+    from ehi_bridge.db.migrate import ensure_schema
+    from ehi_bridge.logging import configure_logging
+    from ehi_bridge.records.quarantine import list_errors
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    url = settings.resolved_database_url
+    ensure_schema(url)
+    db = Database(url)
+    try:
+        with db.read_session() as session:
+            found = find(session, connection)
+            if found is None:
+                typer.echo(f"unknown connection: {connection}", err=True)
+                raise typer.Exit(code=1)
+            rows = list_errors(session, found.id, kind=kind, run_id=run, limit=limit)
+            for row in rows:
+                source = f"export {row.export_id}" if row.export_id else "import"
+                where = f"run {row.run_id} ({source})"
+                what = f"{row.resource_type}/{row.resource_id} " if row.resource_type else ""
+                extra = f" (repeats line {row.previous_line})" if row.previous_line else ""
+                size = ""
+                if row.kind == "rejected":
+                    size = f" [{row.raw_size} bytes"
+                    if row.truncated:
+                        size += f", truncated: first {len(row.raw or b'')} kept"
+                    size += ", re-ingested]" if row.reingested_at else "]"
+                typer.echo(
+                    f"{where} line {row.line_number}: {row.kind}: {what}{row.reason}{extra}{size}"
+                )
+                if show_bytes and row.raw is not None:
+                    sys.stdout.buffer.write(bytes(row.raw) + b"\n")
+                    sys.stdout.flush()
+            if not rows:
+                typer.echo("nothing in quarantine")
+    finally:
+        db.dispose()
+
+
+@app.command("reingest")
+def reingest_command(
+    connection: str = typer.Option(
+        ..., "--connection", help="Connection id (ours or Fasten's org_connection_id)."
+    ),
+) -> None:
+    """Ingest the quarantined (rejected) lines of a connection again, e.g. after a fix of
+    the parser. Lines that still fail, or whose bytes were truncated, stay in quarantine
+    and are listed with the reason."""
+    from ehi_bridge.config import Settings
+    from ehi_bridge.connections.repository import find
+    from ehi_bridge.db.engine import Database
+    from ehi_bridge.db.migrate import ensure_schema
+    from ehi_bridge.logging import configure_logging
+    from ehi_bridge.records.service import reingest_quarantine
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    url = settings.resolved_database_url
+    ensure_schema(url)
+    db = Database(url)
+    try:
+        with db.read_session() as session:
+            found = find(session, connection)
+            connection_id = found.id if found is not None else None
+        if connection_id is None:
+            typer.echo(f"unknown connection: {connection}", err=True)
+            raise typer.Exit(code=1)
+        outcome = reingest_quarantine(db, connection_id, settings.quarantine_max_bytes)
+    finally:
+        db.dispose()
+    for line in outcome.refused:
+        typer.echo(line)
+    typer.echo(
+        f"re-ingested {outcome.stored} line(s); {len(outcome.refused)} stay in quarantine"
+        + (f" (run {outcome.run_id})" if outcome.run_id is not None else "")
+    )
+    if outcome.refused:
+        raise typer.Exit(code=2)

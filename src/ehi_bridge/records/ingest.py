@@ -10,8 +10,21 @@ ingest ends for any reason.
 
 Counts are judged against what was stored before the run: ``inserted`` (new key),
 ``updated`` (content hash differs; ``version`` + 1), ``unchanged`` (same hash; no write).
-A key repeated in one file: the last occurrence wins, it is counted once, and
-``duplicates`` counts the extra lines. Re-ingesting a file therefore writes nothing.
+Re-ingesting a file without repeated keys therefore writes nothing.
+
+Versions (what a FHIR server does with successive updates): every distinct version is
+stored, in the order received, and the last one is current. A key repeated in one file is
+an *exact repeat* when its content equals the key's previous occurrence (nothing is
+written) and a *conflicting repeat* otherwise: the version before it moves to
+``resource_versions`` and it becomes the current row with ``version`` + 1 (so A, B, A
+gives versions 1, 2, 3). Both are listed in the quarantine with their line and the line
+of the version they repeat; ``duplicates`` counts both, ``exact_repeats`` and
+``conflicts`` each. A run with conflicting repeats ends with status ``conflicts`` (not
+``complete``), which the CLI, the API and the dashboard show. Re-ingesting such a file
+adds its versions again (each differs from the one before it).
+
+Rejected lines are kept in the quarantine with their bytes (up to ``quarantine_bytes``,
+cut with ``truncated`` set), their line and reason, under this run.
 """
 
 from __future__ import annotations
@@ -28,10 +41,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Final, Literal
+from typing import IO, Any, Final
 
 import structlog
 from sqlalchemy import RootTransaction
@@ -39,8 +51,10 @@ from sqlalchemy import RootTransaction
 from ehi_bridge.db.base import utcnow
 from ehi_bridge.db.engine import Database
 from ehi_bridge.records.parse_worker import FRAME_HEADER, write_frame
-from ehi_bridge.records.repository import ResourceWriter, RunJournal
+from ehi_bridge.records.quarantine import Issue, Rejected, add_rows, finish_run, start_run
+from ehi_bridge.records.report import IngestReport, reconcile, summarise
 from ehi_bridge.records.seen import Key
+from ehi_bridge.records.writer import ResourceWriter
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +68,7 @@ PREFETCH_BYTES: Final = 4 * 1024 * 1024  # or their frame bytes (one larger fram
 # PostgreSQL writes whole batches: let the next batch arrive while one is being written.
 PG_PREFETCH_FRAMES: Final = 64
 PG_PREFETCH_BYTES: Final = 2 * BATCH_BYTES
+QUARANTINE_BYTES: Final = 1024 * 1024  # default cut of a rejected line kept in quarantine
 
 
 _malloc_tuned = False
@@ -78,69 +93,9 @@ def _return_large_blocks_to_the_os() -> None:
         pass
 
 
-@dataclass
-class IngestReport:
-    """Outcome of one ingest and its data-quality check against the export's stats."""
-
-    connection_id: str
-    export_id: int | None
-    lines: int = 0  # non-blank lines (or Bundle entries) read
-    resources: int = 0  # distinct (resource_type, resource_id) keys ingested
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    duplicates: int = 0  # extra lines repeating a key already seen in the file
-    errors: int = 0  # malformed lines, recorded in ingest_errors
-    by_type: dict[str, int] = field(default_factory=dict)
-    duplicates_by_type: dict[str, int] = field(default_factory=dict)
-    expected_total: int | None = None
-    expected_by_type: dict[str, int] | None = None
-    status: Literal["complete", "partial"] = "complete"
-    mismatches: list[dict[str, Any]] = field(default_factory=list)
-    error_samples: list[dict[str, Any]] = field(default_factory=list)  # line and reason only
-    bytes_read: int = 0
-    seconds: float = 0.0
-    parser_peak_rss_kib: int = 0  # high-water RSS of the parser process
-
-    @property
-    def complete(self) -> bool:
-        return self.status == "complete"
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def reconcile(report: IngestReport) -> None:
-    """Compare what was ingested with what the export announced; set status/mismatches.
-
-    A count matches when it equals the distinct keys ingested, or the valid lines (in
-    case the announcer counted a repeated key twice). Any malformed line makes the
-    ingest ``partial`` too.
-    """
-    mismatches: list[dict[str, Any]] = []
-    if report.expected_total is not None:
-        accepted = {report.resources, report.resources + report.duplicates}
-        if report.expected_total not in accepted:
-            mismatches.append(
-                {
-                    "resource_type": None,
-                    "expected": report.expected_total,
-                    "ingested": report.resources,
-                }
-            )
-    if report.expected_by_type is not None:
-        for rtype in sorted(set(report.expected_by_type) | set(report.by_type)):
-            expected = int(report.expected_by_type.get(rtype, 0))
-            got = report.by_type.get(rtype, 0)
-            if expected not in (got, got + report.duplicates_by_type.get(rtype, 0)):
-                mismatches.append({"resource_type": rtype, "expected": expected, "ingested": got})
-    report.mismatches = mismatches
-    report.status = "complete" if not mismatches and report.errors == 0 else "partial"
-
-
-# A parsed record as the parser process sends it (see parse_worker):
-# (resource_type, resource_id, raw, content_hash, last_updated, patient_ref, repeat)
-Record = tuple[str, str, bytes, bytes, str | None, str | None, bool]
+# A parsed record as the parser process sends it (see parse_worker): (resource_type,
+# resource_id, raw, content_hash, last_updated, patient_ref, conflict, line, entry_meta)
+Record = tuple[str, str, bytes, bytes, str | None, str | None, bool, int, str | None]
 
 
 class ParserProcessError(RuntimeError):
@@ -242,6 +197,7 @@ class _ParserProcess:
         self,
         path: Path,
         batch_rows: int,
+        quarantine_bytes: int,
         prefetch_frames: int = PREFETCH_FRAMES,
         prefetch_bytes: int = PREFETCH_BYTES,
     ) -> None:
@@ -249,7 +205,7 @@ class _ParserProcess:
         self._prefetch_bytes = prefetch_bytes
         self._proc = _ready_parser.take()
         assert self._proc.stdin is not None
-        arguments = (str(path), batch_rows, BATCH_BYTES, CHUNK_ROWS, CHUNK_BYTES)
+        arguments = (str(path), batch_rows, BATCH_BYTES, CHUNK_ROWS, CHUNK_BYTES, quarantine_bytes)
         try:
             write_frame(self._proc.stdin, arguments)
             self._proc.stdin.close()
@@ -348,9 +304,7 @@ class _Counts:
 
 def _write_batch(
     writer: ResourceWriter,
-    journal: RunJournal,
     records: list[Record],
-    errors: list[tuple[int, str]],
     *,
     connection_id: str,
     export_id: int | None,
@@ -359,85 +313,64 @@ def _write_batch(
     fresh: bool,
     counts: _Counts,
 ) -> None:
-    """Write one chunk of records (in the caller's transaction)."""
-    if fresh and not any(record[6] for record in records):
-        # First ingest of this connection, every key new to the run: nothing to look up.
-        writer.insert_new(
-            [
-                (connection_id, t, i, raw, h, 1, lu, pr, export_id, run_at_bound, False)
-                for t, i, raw, h, lu, pr, _ in records
-            ]
-        )
-        counts.inserted += len(records)
-        writer.add_errors(connection_id, export_id, errors, run_at)
-        return
-    # Last occurrence in the chunk wins; keep whether the key was seen before the chunk.
-    latest: dict[Key, tuple[Record, bool]] = {}
-    for record in records:
-        key = (record[0], record[1])
-        earlier = latest.get(key)
-        latest[key] = (record, record[6] if earlier is None else earlier[1])
-
-    lookup = [key for key, (_, dup) in latest.items() if dup or not fresh]
-    stored = writer.lookup(connection_id, lookup) if lookup else {}
-    repeated = [key for key, (_, dup) in latest.items() if dup]
-    prior = journal.get(repeated) if repeated else {}
-
-    rows: list[tuple[Any, ...]] = []  # may exist: upsert
-    new_rows: list[tuple[Any, ...]] = []  # known not to exist: plain insert / COPY
-    remember: list[tuple[Key, bytes, int, bool]] = []
+    """Write one chunk of records (in the caller's transaction); see the module docstring
+    for versions."""
 
     def row(record: Record, version: int) -> tuple[Any, ...]:
-        t, i, raw, h, lu, pr, _ = record
-        return (connection_id, t, i, raw, h, version, lu, pr, export_id, run_at_bound, False)
+        t, i, raw, h, lu, pr, _, _, meta = record
+        return (connection_id, t, i, raw, h, version, lu, pr, export_id, run_at_bound, False, meta)
 
-    for key, (record, dup) in latest.items():
+    if fresh and not any(record[6] for record in records):
+        # First ingest of this connection, every key new: nothing to look up.
+        writer.insert_new([row(record, 1) for record in records])
+        counts.inserted += len(records)
+        return
+    groups: dict[Key, list[Record]] = {}
+    for record in records:
+        groups.setdefault((record[0], record[1]), []).append(record)
+    stored = writer.lookup(connection_id, list(groups))
+    new_rows: list[tuple[Any, ...]] = []  # known not to exist: plain insert / COPY
+    rows: list[tuple[Any, ...]] = []  # replace a stored row
+    archive: list[Key] = []  # stored rows to keep as an earlier version first
+    history: list[dict[str, Any]] = []  # versions that never were the stored row
+    for key, group in groups.items():
         current = stored.get(key)
-        new_hash = record[3]
-        if not dup:
-            if current is None:
-                new_rows.append(row(record, 1))
-                counts.inserted += 1
-            elif current.content_hash == new_hash:
-                counts.unchanged += 1
+        version = current.version if current is not None else 0
+        current_hash = current.content_hash if current is not None else None
+        latest: Record | None = None  # the version to store, if not the stored row
+        for record in group:
+            conflict = record[6]
+            if current_hash is None:
+                version, current_hash, latest = 1, record[3], record
+                counts.inserted += 0 if conflict else 1
+                continue
+            if record[3] == current_hash:
+                counts.unchanged += 0 if conflict else 1
+                continue
+            if latest is None:
+                archive.append(key)
             else:
-                rows.append(row(record, current.version + 1))
-                counts.updated += 1
-                remember.append((key, current.content_hash, current.version, True))
-            continue
-        # The key already occurred in an earlier batch of this file.
-        if current is None:  # its row vanished meanwhile (purged): store it again
-            rows.append(row(record, 1))
-            continue
-        if new_hash == current.content_hash:
-            continue
-        before = prior.get(key)
-        if before is not None:  # existed before the run and this run rewrote it
-            old_hash, old_version, changed = before
-            if new_hash == old_hash:
-                rows.append(row(record, old_version))  # back to the pre-run content
-                if changed:
-                    counts.updated -= 1
-                    counts.unchanged += 1
-                remember.append((key, old_hash, old_version, False))
-            else:
-                rows.append(row(record, old_version + 1))
-                if not changed:
-                    counts.unchanged -= 1
-                    counts.updated += 1
-                remember.append((key, old_hash, old_version, True))
-        elif current.ingested_at == run_at:  # inserted by this run
-            rows.append(row(record, 1))
-        else:  # existed before the run; its first occurrence was unchanged
-            rows.append(row(record, current.version + 1))
-            counts.unchanged -= 1
-            counts.updated += 1
-            remember.append((key, current.content_hash, current.version, True))
-
+                t, i, raw, h = latest[0], latest[1], latest[2], latest[3]
+                history.append(
+                    {
+                        "connection_id": connection_id,
+                        "resource_type": t,
+                        "resource_id": i,
+                        "version": version,
+                        "raw": raw,
+                        "content_hash": h,
+                        "export_id": export_id,
+                        "ingested_at": run_at,
+                    }
+                )
+            version, current_hash, latest = version + 1, record[3], record
+            counts.updated += 0 if conflict else 1
+        if latest is not None:
+            (new_rows if current is None and version == 1 else rows).append(row(latest, version))
+    writer.archive(connection_id, archive)
+    writer.add_versions(history)
     writer.insert_new(new_rows)
     writer.upsert(rows)
-    writer.add_errors(connection_id, export_id, errors, run_at)
-    journal.remember(remember)
 
 
 def ingest_file(
@@ -450,12 +383,14 @@ def ingest_file(
     expected_by_type: dict[str, int] | None = None,
     progress: Callable[[int], None] | None = None,
     batch_rows: int = BATCH_ROWS,
+    source: str | None = None,
+    quarantine_bytes: int = QUARANTINE_BYTES,
 ) -> IngestReport:
     """Store every resource of an NDJSON (or Bundle) file for ``connection_id``.
 
     ``connection_id`` must exist (``connections.id``). ``progress`` receives the number
-    of bytes read so far. Malformed lines go to ``ingest_errors`` (line number and reason;
-    those of an earlier ingest of the same connection and export are replaced).
+    of bytes read so far. ``source`` names the run (default ``export`` with an export id,
+    else ``import``). Rejected lines go to the quarantine under this run.
     """
     path = Path(path)
     if not path.is_file():
@@ -466,6 +401,7 @@ def ingest_file(
     report = IngestReport(
         connection_id=connection_id,
         export_id=export_id,
+        source=source or ("export" if export_id is not None else "import"),
         expected_total=expected_total,
         expected_by_type=dict(expected_by_type) if expected_by_type is not None else None,
     )
@@ -473,39 +409,41 @@ def ingest_file(
     log.info("ingest.start", connection_id=connection_id, export_id=export_id)
     # Started first: the interpreter boots while this process sets up the run.
     if db.is_sqlite:
-        parser = _ParserProcess(path, batch_rows)
+        parser = _ParserProcess(path, batch_rows, quarantine_bytes)
     else:
-        parser = _ParserProcess(path, batch_rows, PG_PREFETCH_FRAMES, PG_PREFETCH_BYTES)
+        parser = _ParserProcess(
+            path, batch_rows, quarantine_bytes, PG_PREFETCH_FRAMES, PG_PREFETCH_BYTES
+        )
     try:
         with db.engine.connect() as conn:
             writer = ResourceWriter(conn)
             with conn.begin():
                 writer.prepare()
-                writer.clear_errors(connection_id, export_id)
+                run_id = start_run(conn, connection_id, export_id, report.source, run_at)
                 fresh = writer.count(connection_id) == 0
+            report.run_id = run_id
             run_at_bound = writer.bind_time(run_at)
-            journal = RunJournal()
             tx: RootTransaction | None = None
             chunked = writer.dialect == "sqlite"
             held_records: list[Record] = []
-            held_errors: list[tuple[int, str]] = []
+            held_errors: list[Rejected] = []
+            held_issues: list[Issue] = []
             try:
                 for frame in parser.frames():
                     kind = frame[0]
                     if kind == "c":
-                        _, records, errors, commit, bytes_read = frame
+                        _, records, errors, issues, commit, bytes_read = frame
                         held_records.extend(records)
                         held_errors.extend(errors)
+                        held_issues.extend(issues)
                         # SQLite: each chunk into the open transaction as it arrives.
                         # PostgreSQL: the whole batch at once (one COPY, one round trip).
-                        if (held_records or held_errors) and (commit or chunked):
+                        if (held_records or held_errors or held_issues) and (commit or chunked):
                             if tx is None:
                                 tx = conn.begin()
                             _write_batch(
                                 writer,
-                                journal,
                                 held_records,
-                                held_errors,
                                 connection_id=connection_id,
                                 export_id=export_id,
                                 run_at=run_at,
@@ -513,7 +451,17 @@ def ingest_file(
                                 fresh=fresh,
                                 counts=counts,
                             )
-                            held_records, held_errors = [], []
+                            add_rows(
+                                conn,
+                                run_id=run_id,
+                                connection_id=connection_id,
+                                export_id=export_id,
+                                rejected=held_errors,
+                                issues=held_issues,
+                                limit_bytes=quarantine_bytes,
+                                at=run_at,
+                            )
+                            held_records, held_errors, held_issues = [], [], []
                         if commit:
                             if tx is not None:
                                 tx.commit()
@@ -523,17 +471,7 @@ def ingest_file(
                             if progress is not None:
                                 progress(bytes_read)
                     elif kind == "d":
-                        _, lines, error_count, samples, by_type, repeats_by_type, rss = frame
-                        report.lines = lines
-                        report.errors = error_count
-                        report.error_samples = [
-                            {"line": line, "reason": reason} for line, reason in samples
-                        ]
-                        report.by_type = by_type
-                        report.duplicates_by_type = repeats_by_type
-                        report.resources = sum(by_type.values())
-                        report.duplicates = sum(repeats_by_type.values())
-                        report.parser_peak_rss_kib = rss
+                        summarise(report, frame[1])
                         break
                     elif kind == "x":
                         raise _parser_failure(path, *frame[1:])
@@ -542,26 +480,29 @@ def ingest_file(
             finally:
                 if tx is not None and tx.is_active:
                     tx.rollback()
-                journal.close()
                 with conn.begin():
                     writer.release()
+            report.inserted = counts.inserted
+            report.updated = counts.updated
+            report.unchanged = counts.unchanged
+            report.seconds = round(time.monotonic() - started, 3)
+            reconcile(report)
+            with conn.begin():
+                finish_run(conn, run_id, report.status, report.as_dict(), utcnow())
     finally:
         parser.close()
-    report.inserted = counts.inserted
-    report.updated = counts.updated
-    report.unchanged = counts.unchanged
-    report.seconds = round(time.monotonic() - started, 3)
-    reconcile(report)
     log.info(
         "ingest.done",
         connection_id=connection_id,
         export_id=export_id,
+        run_id=report.run_id,
         status=report.status,
         resources=report.resources,
         inserted=report.inserted,
         updated=report.updated,
         unchanged=report.unchanged,
         duplicates=report.duplicates,
+        conflicts=report.conflicts,
         errors=report.errors,
         mismatches=len(report.mismatches),
         seconds=report.seconds,

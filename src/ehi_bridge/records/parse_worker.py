@@ -8,12 +8,17 @@ process only binds and steps the database.
 Protocol, on stdout: frames of an 8-byte little-endian length and a :mod:`marshal` payload
 (bytes, str, int, bool, None, tuples, lists and dicts only; no pickle, nothing executable).
 
-- ``("c", records, errors, commit, bytes_read)``: a chunk. ``records`` are tuples
-  ``(resource_type, resource_id, raw, content_hash, last_updated, patient_ref, repeat)``
-  in file order, ``repeat`` true when the key already occurred earlier in the file;
-  ``errors`` are ``(line_number, reason)``. ``commit`` ends a batch (one transaction).
-- ``("d", lines, error_count, error_samples, by_type, repeats_by_type, peak_rss_kib)``:
-  end of file (``peak_rss_kib``: this process's own high-water RSS, 0 if unknown).
+- ``("c", records, errors, issues, commit, bytes_read)``: a chunk. ``records`` are tuples
+  ``(resource_type, resource_id, raw, content_hash, last_updated, patient_ref, conflict,
+  line, entry_meta)`` in file order: each key's first occurrence, and each later
+  occurrence whose content differs from the one before it (``conflict`` true: a new
+  version). Exact repeats are not sent as records. ``errors`` are rejected lines
+  ``(line, reason, kept_bytes, size)``, ``kept_bytes`` cut to the quarantine's limit.
+  ``issues`` are ``(kind, line, resource_type, resource_id, previous_line, detail)``,
+  kind ``exact_repeat``, ``conflict`` or ``duplicate_keys``. ``commit`` ends a batch
+  (one transaction).
+- ``("d", summary)``: end of file; ``summary`` is a dict (counts, samples, the Bundle's
+  facts, and ``peak_rss_kib``: this process's own high-water RSS, 0 if unknown).
 - ``("x", kind, errno, strerror)``: parsing failed (``kind`` is the exception's class
   name; no message, which could quote content).
 
@@ -37,8 +42,9 @@ import sys
 from collections import Counter
 from typing import IO, Any, Final
 
-from ehi_bridge.records.ndjson import ParseError, iter_records
-from ehi_bridge.records.seen import SeenKeys
+from ehi_bridge.records.bundle import BundleFacts
+from ehi_bridge.records.ndjson import ParsedResource, ParseError, iter_records
+from ehi_bridge.records.seen import CONFLICT, EXACT, FIRST, SeenKeys
 
 FRAME_HEADER: Final = struct.Struct("<Q")
 MARSHAL_VERSION: Final = 4
@@ -74,19 +80,22 @@ def parse_file(
     batch_bytes: int,
     chunk_rows: int,
     chunk_bytes: int,
+    quarantine_bytes: int = 1024 * 1024,
 ) -> None:
     """Write ``path`` to ``out`` as chunk frames, then the summary frame."""
     chunk_rows = max(1, min(chunk_rows, batch_rows))
     seen = SeenKeys()
+    facts = BundleFacts()
     by_type: Counter[str] = Counter()
     repeats_by_type: Counter[str] = Counter()
-    lines = 0
-    error_count = 0
+    counts: Counter[str] = Counter()
     samples: list[tuple[int, str]] = []
+    conflict_samples: list[tuple[str, str, int, int]] = []
     try:
         with open(path, "rb", buffering=READ_BUFFER) as stream:
-            pending: list[Any] = []  # ParsedResource
-            errors: list[tuple[int, str]] = []
+            pending: list[ParsedResource] = []
+            errors: list[tuple[int, str, bytes | None, int]] = []
+            issues: list[tuple[str, int, str, str, int, str]] = []
             chunk_size = 0
             batch_records = 0
             batch_errors = 0
@@ -95,12 +104,28 @@ def parse_file(
             def flush(commit: bool) -> None:
                 records: list[tuple[Any, ...]] = []
                 if pending:
-                    firsts = seen.add_batch([(r.resource_type, r.resource_id) for r in pending])
-                    for r, first in zip(pending, firsts, strict=True):
-                        if first:
+                    kinds = seen.classify(
+                        [
+                            ((r.resource_type, r.resource_id), r.content_hash, r.line_number)
+                            for r in pending
+                        ]
+                    )
+                    for r, (kind, previous) in zip(pending, kinds, strict=True):
+                        if kind == FIRST:
                             by_type[r.resource_type] += 1
                         else:
                             repeats_by_type[r.resource_type] += 1
+                            name = "exact_repeat" if kind == EXACT else "conflict"
+                            counts[name] += 1
+                            issues.append(
+                                (name, r.line_number, r.resource_type, r.resource_id, previous, "")
+                            )
+                            if kind == EXACT:
+                                continue
+                            if len(conflict_samples) < MAX_ERRORS_IN_REPORT:
+                                conflict_samples.append(
+                                    (r.resource_type, r.resource_id, previous, r.line_number)
+                                )
                         records.append(
                             (
                                 r.resource_type,
@@ -109,20 +134,39 @@ def parse_file(
                                 r.content_hash,
                                 r.last_updated,
                                 r.patient_ref,
-                                not first,
+                                kind == CONFLICT,
+                                r.line_number,
+                                r.entry_meta,
                             )
                         )
-                write_frame(out, ("c", records, errors, commit, stream.tell()))
+                write_frame(out, ("c", records, errors, issues, commit, stream.tell()))
 
-            for item in iter_records(stream):
-                lines += 1
+            for item in iter_records(stream, facts):
+                counts["lines"] += 1
                 if isinstance(item, ParseError):
-                    errors.append((item.line_number, item.reason))
-                    error_count += 1
+                    raw = item.raw
+                    size = len(raw) if raw is not None else 0
+                    kept = raw[:quarantine_bytes] if raw is not None else None
+                    errors.append((item.line_number, item.reason, kept, size))
+                    counts["errors"] += 1
                     batch_errors += 1
+                    chunk_size += len(kept or b"")
                     if len(samples) < MAX_ERRORS_IN_REPORT:
                         samples.append((item.line_number, item.reason))
                 else:
+                    if item.duplicate_keys:
+                        counts["duplicate_keys"] += 1
+                        detail = ", ".join(item.duplicate_keys)[:200]
+                        issues.append(
+                            (
+                                "duplicate_keys",
+                                item.line_number,
+                                item.resource_type,
+                                item.resource_id,
+                                0,
+                                detail,
+                            )
+                        )
                     pending.append(item)
                     chunk_size += len(item.raw)
                     batch_size += len(item.raw)
@@ -134,24 +178,26 @@ def parse_file(
                 )
                 if commit or len(pending) + len(errors) >= chunk_rows or chunk_size >= chunk_bytes:
                     flush(commit)
-                    pending, errors, chunk_size = [], [], 0
+                    pending, errors, issues, chunk_size = [], [], [], 0
                     if commit:
                         batch_records = batch_errors = batch_size = 0
             flush(True)
     finally:
         seen.close()
-    write_frame(
-        out,
-        (
-            "d",
-            lines,
-            error_count,
-            samples,
-            dict(sorted(by_type.items())),
-            dict(sorted(repeats_by_type.items())),
-            peak_rss_kib(),
-        ),
-    )
+    summary = {
+        "lines": counts["lines"],
+        "errors": counts["errors"],
+        "error_samples": samples,
+        "by_type": dict(sorted(by_type.items())),
+        "repeats_by_type": dict(sorted(repeats_by_type.items())),
+        "exact_repeats": counts["exact_repeat"],
+        "conflicts": counts["conflict"],
+        "conflict_samples": conflict_samples,
+        "duplicate_key_lines": counts["duplicate_keys"],
+        "bundle": dict(facts.facts) if facts.resource_type == "Bundle" else None,
+        "peak_rss_kib": peak_rss_kib(),
+    }
+    write_frame(out, ("d", summary))
 
 
 def read_arguments(source: IO[bytes]) -> list[str] | None:
@@ -171,7 +217,7 @@ def main(argv: list[str]) -> int:
         if waited is None:
             return 0
         argv = waited
-    path, batch_rows, batch_bytes, chunk_rows, chunk_bytes = argv
+    path, batch_rows, batch_bytes, chunk_rows, chunk_bytes, quarantine_bytes = argv
     # This process holds only short-lived objects (a chunk at a time, no cycles): the
     # collector's default thresholds would scan them every few hundred lines for nothing.
     gc.freeze()
@@ -185,6 +231,7 @@ def main(argv: list[str]) -> int:
             batch_bytes=int(batch_bytes),
             chunk_rows=int(chunk_rows),
             chunk_bytes=int(chunk_bytes),
+            quarantine_bytes=int(quarantine_bytes),
         )
     except BrokenPipeError:
         return 1  # the reader went away (an error or cancellation on its side)

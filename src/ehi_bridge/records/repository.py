@@ -1,468 +1,29 @@
-"""Queries and writes of stored FHIR resources and ingest errors. All SQL for them is here.
+"""Reads of stored FHIR resources (API, CLI) and the connection-wide purge / revoke.
 
-Write side (used by :mod:`ehi_bridge.records.ingest`): batched upserts keyed by
-``(connection_id, resource_type, resource_id)`` that never rewrite an unchanged resource.
-SQLite gets one ``INSERT … ON CONFLICT DO UPDATE … WHERE hash differs`` through
-``executemany``; PostgreSQL gets ``COPY`` (binary) into a temporary table, then one
-``INSERT … SELECT … ON CONFLICT DO UPDATE … WHERE hash differs``.
-
-Read side (API, CLI): counts, keyset pages, single resources, and NDJSON / Bundle streams
-that never hold more than one chunk of rows.
+Counts, keyset pages, single resources, and NDJSON / Bundle streams that never hold more
+than one chunk of rows. The ingest's writes are in :mod:`ehi_bridge.records.writer`; runs
+and the quarantine in :mod:`ehi_bridge.records.quarantine`.
 """
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from itertools import chain
-from typing import Any, Final, cast
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, delete, func, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from ehi_bridge.db.engine import Database, sqlite_wal_database
-from ehi_bridge.records.models import IngestError, Resource
-from ehi_bridge.records.seen import LOOKUP_CHUNK, Key
-
-RESOURCES = cast(Table, Resource.__table__)
-ERRORS = cast(Table, IngestError.__table__)
-
-# Column order of every row the ingest writes.
-WRITE_COLUMNS: Final = (
-    "connection_id",
-    "resource_type",
-    "resource_id",
-    "raw",
-    "content_hash",
-    "version",
-    "last_updated",
-    "patient_ref",
-    "export_id",
-    "ingested_at",
-    "revoked",
-)
-_UPDATED_ON_CONFLICT: Final = (
-    "raw",
-    "content_hash",
-    "version",
-    "last_updated",
-    "patient_ref",
-    "export_id",
-    "ingested_at",
-)
-_PG_TYPES: Final = [
-    "varchar",
-    "varchar",
-    "varchar",
-    "bytea",
-    "bytea",
-    "int4",
-    "varchar",
-    "varchar",
-    "int8",
-    "timestamptz",
-    "bool",
-]
-_STAGE_TABLE: Final = "ehi_ingest_stage"
-SQLITE_INGEST_CHECKPOINT: Final = 65536  # pages: 256 MiB of WAL at 4 KiB a page
-SQLITE_INGEST_CHECKPOINT_FROM: Final = 8192  # no background checkpoint below ~32 MiB
-SQLITE_INGEST_CACHE_KIB: Final = 16 * 1024  # page cache of the writing connection
-SQLITE_ROWS_PER_STATEMENT: Final = 64  # x 11 columns: well under SQLite's 32,766 variables
-
-
-@dataclass(frozen=True, slots=True)
-class StoredState:
-    """What the database holds for one key, as far as the ingest needs to know."""
-
-    content_hash: bytes
-    version: int
-    ingested_at: datetime
-
-
-# --------------------------------------------------------------------------- write side
-
-
-class ResourceWriter:
-    """Writes batches of resource rows on one SQLAlchemy ``Connection`` (its transaction).
-
-    Rows are tuples in :data:`WRITE_COLUMNS` order. Build one per ingest run.
-    """
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.dialect = conn.dialect.name
-        self._checkpointer: WalCheckpointer | None = None
-        column_type = RESOURCES.c.ingested_at.type
-        # The full bind chain (TypeDecorator + dialect impl), as SQLAlchemy itself stores it.
-        processor = column_type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-        self._bind_time: Callable[[Any], Any] = processor or (lambda value: value)
-        if self.dialect == "sqlite":
-            self._sql = self._sqlite_upsert_sql()
-            # Many rows per statement: one sqlite3_step (run without the GIL) per group
-            # instead of per row, so the frame reader thread and SQLite overlap.
-            group = "(" + ", ".join("?" for _ in WRITE_COLUMNS) + ")"
-            if group not in self._sql:  # pragma: no cover - guards the SQL layout
-                raise RuntimeError("unexpected INSERT layout")
-            self._multi_sql = self._sql.replace(
-                group, ", ".join(group for _ in range(SQLITE_ROWS_PER_STATEMENT)), 1
-            )
-        elif self.dialect == "postgresql":
-            self._sql = self._pg_upsert_sql()
-        else:  # pragma: no cover - only SQLite and PostgreSQL are supported
-            raise ValueError(f"unsupported database: {self.dialect}")
-
-    def bind_time(self, value: datetime) -> Any:
-        """``ingested_at`` as the driver wants it (SQLite stores the UTC text form)."""
-        return self._bind_time(value)
-
-    def _sqlite_upsert_sql(self) -> str:
-        stmt = sqlite.insert(RESOURCES)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["connection_id", "resource_type", "resource_id"],
-            set_={name: stmt.excluded[name] for name in _UPDATED_ON_CONFLICT},
-            where=RESOURCES.c.content_hash != stmt.excluded.content_hash,
-        )
-        compiled = stmt.values({name: None for name in WRITE_COLUMNS}).compile(
-            dialect=self.conn.dialect
-        )
-        positions = compiled.positiontup or []
-        if tuple(positions) != WRITE_COLUMNS:  # pragma: no cover - guards the tuple layout
-            raise RuntimeError(f"unexpected parameter order {positions}")
-        return str(compiled)
-
-    def _pg_upsert_sql(self) -> str:
-        from sqlalchemy import Column, MetaData
-
-        stage = Table(
-            _STAGE_TABLE,
-            MetaData(),
-            *(Column(name, RESOURCES.c[name].type) for name in WRITE_COLUMNS),
-        )
-        stmt = postgresql.insert(RESOURCES).from_select(
-            list(WRITE_COLUMNS), select(*(stage.c[name] for name in WRITE_COLUMNS))
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["connection_id", "resource_type", "resource_id"],
-            set_={name: stmt.excluded[name] for name in _UPDATED_ON_CONFLICT},
-            where=RESOURCES.c.content_hash.is_distinct_from(stmt.excluded.content_hash),
-        )
-        return str(stmt.compile(dialect=self.conn.dialect))
-
-    def prepare(self) -> None:
-        """Per-connection set-up: the PostgreSQL staging table; on SQLite a larger page
-        cache and WAL checkpoints on a background thread."""
-        if self.dialect == "postgresql":
-            self.conn.exec_driver_sql(
-                f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE_TABLE} ("
-                "connection_id varchar(64), resource_type varchar(64), "
-                "resource_id varchar(255), raw bytea, content_hash bytea, version integer, "
-                "last_updated varchar(64), patient_ref varchar(255), export_id bigint, "
-                "ingested_at timestamptz, revoked boolean) ON COMMIT DELETE ROWS"
-            )
-            return
-        # With 4 KiB pages the default 2 MiB cache keeps too few index pages: they are
-        # re-read from the WAL for every batch.
-        self.conn.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_INGEST_CACHE_KIB}")
-        database = sqlite_wal_database(self.conn.connection.dbapi_connection)
-        if database is not None:
-            # Checkpoints (WAL → database file: a read and a write of every page, and an
-            # fsync) run on their own connection and thread, beside the writing instead of
-            # inside its commits; this connection does not checkpoint meanwhile.
-            self.conn.exec_driver_sql("PRAGMA wal_autocheckpoint=0")
-            self._checkpointer = WalCheckpointer(database)
-        else:
-            self.conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={SQLITE_INGEST_CHECKPOINT}")
-
-    def committed(self) -> None:
-        """Called after each committed batch: lets the WAL be checkpointed (SQLite)."""
-        if self._checkpointer is not None:
-            self._checkpointer.committed()
-
-    def release(self) -> None:
-        if self.dialect == "sqlite":
-            if self._checkpointer is not None:
-                self._checkpointer.close()
-                self._checkpointer = None
-            self.conn.exec_driver_sql("PRAGMA wal_autocheckpoint=1000")  # SQLite's default
-            self.conn.exec_driver_sql("PRAGMA cache_size=-2000")  # SQLite's default
-
-    def upsert(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Insert new keys; rewrite existing keys only where the content hash differs."""
-        if not rows:
-            return
-        dbapi = self.conn.connection.driver_connection
-        assert dbapi is not None
-        if self.dialect == "sqlite":
-            n = SQLITE_ROWS_PER_STATEMENT
-            whole = len(rows) - len(rows) % n
-            cursor = dbapi.cursor()
-            try:
-                if whole:
-                    cursor.executemany(
-                        self._multi_sql,
-                        [
-                            list(chain.from_iterable(rows[start : start + n]))
-                            for start in range(0, whole, n)
-                        ],
-                    )
-                if whole < len(rows):
-                    cursor.executemany(self._sql, rows[whole:])
-            finally:
-                cursor.close()
-            return
-        with dbapi.cursor() as cursor:
-            self._copy(cursor, _STAGE_TABLE, rows)
-            cursor.execute(self._sql)
-            cursor.execute(f"TRUNCATE {_STAGE_TABLE}")
-
-    def insert_new(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Rows whose keys the caller knows are not stored yet (the common case).
-
-        PostgreSQL: ``COPY`` straight into ``resources`` inside a savepoint; should a key
-        exist after all (another writer), fall back to :meth:`upsert`. SQLite: the upsert
-        is as fast as a plain insert.
-        """
-        if not rows:
-            return
-        if self.dialect == "sqlite":
-            self.upsert(rows)
-            return
-        import psycopg
-
-        dbapi = self.conn.connection.driver_connection
-        assert dbapi is not None
-        try:
-            with dbapi.transaction(), dbapi.cursor() as cursor:  # a savepoint
-                self._copy(cursor, "resources", rows)
-        except psycopg.errors.UniqueViolation:
-            self.upsert(rows)
-
-    @staticmethod
-    def _copy(cursor: Any, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
-        columns = ", ".join(WRITE_COLUMNS)
-        with cursor.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(_PG_TYPES)
-            for row in rows:
-                copy.write_row(row)
-
-    def lookup(self, connection_id: str, keys: Iterable[Key]) -> dict[Key, StoredState]:
-        """Stored hash, version and ingested_at of those keys that exist."""
-        wanted = list(keys)
-        found: dict[Key, StoredState] = {}
-        for start in range(0, len(wanted), LOOKUP_CHUNK):
-            chunk = wanted[start : start + LOOKUP_CHUNK]
-            query = select(
-                Resource.resource_type,
-                Resource.resource_id,
-                Resource.content_hash,
-                Resource.version,
-                Resource.ingested_at,
-            ).where(
-                Resource.connection_id == connection_id,
-                tuple_(Resource.resource_type, Resource.resource_id).in_(chunk),
-            )
-            for rtype, rid, chash, version, ingested_at in self.conn.execute(query):
-                found[(rtype, rid)] = StoredState(bytes(chash), int(version), ingested_at)
-        return found
-
-    def count(self, connection_id: str) -> int:
-        query = select(func.count()).where(Resource.connection_id == connection_id)
-        return int(self.conn.scalar(query) or 0)
-
-    def clear_errors(self, connection_id: str, export_id: int | None) -> None:
-        """Forget the errors of an earlier ingest of the same (connection, export)."""
-        condition = (
-            ERRORS.c.export_id.is_(None) if export_id is None else ERRORS.c.export_id == export_id
-        )
-        self.conn.execute(delete(ERRORS).where(ERRORS.c.connection_id == connection_id, condition))
-
-    def add_errors(
-        self,
-        connection_id: str,
-        export_id: int | None,
-        errors: Sequence[tuple[int, str]],
-        at: datetime,
-    ) -> None:
-        """Record (line_number, reason) pairs; a line already recorded is left alone."""
-        if not errors:
-            return
-        rows = [
-            {
-                "export_id": export_id,
-                "connection_id": connection_id,
-                "line_number": line,
-                "reason": reason[:255],
-                "created_at": at,
-            }
-            for line, reason in errors
-        ]
-        if self.dialect == "sqlite":
-            self.conn.execute(sqlite.insert(ERRORS).on_conflict_do_nothing(), rows)
-        else:
-            self.conn.execute(postgresql.insert(ERRORS).on_conflict_do_nothing(), rows)
-
-
-class WalCheckpointer:
-    """PASSIVE checkpoints of one SQLite database on a thread of their own.
-
-    After each commit of the ingest, the thread copies the WAL's committed frames into the
-    database file (its own connection; ``sqlite3`` releases the GIL while it runs), so the
-    checkpoint overlaps the next batch. A WAL being appended to while it is checkpointed
-    never restarts from its beginning, so once it holds more than
-    :data:`SQLITE_INGEST_CHECKPOINT` frames the writer waits for the thread, checkpoints
-    the rest itself (about one batch) and its next transaction starts the WAL afresh
-    (unless a reader still uses it, as with SQLite's own auto-checkpoint). Durability is
-    the writer's: every commit is fsync'd before it returns (``synchronous=FULL``).
-    """
-
-    def __init__(
-        self,
-        database: str,
-        limit_frames: int = SQLITE_INGEST_CHECKPOINT,
-        start_frames: int = SQLITE_INGEST_CHECKPOINT_FROM,
-    ) -> None:
-        self._db = sqlite3.connect(
-            database, check_same_thread=False, isolation_level=None, timeout=30
-        )
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._database = database
-        self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
-        self._limit = limit_frames
-        self._start = start_frames
-        self._checkpointed = False
-        self._cond = threading.Condition()
-        self._wanted = False
-        self._busy = False
-        self._closed = False
-        self._wal_frames = 0
-        self._failure: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="ingest-checkpoint", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._wanted and not self._closed:
-                    self._cond.wait()
-                if self._closed:
-                    return
-                self._wanted = False
-                self._busy = True
-            try:
-                row = self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-                frames = int(row[1]) if row is not None else 0
-            except BaseException as exc:  # re-raised on the writer's thread
-                with self._cond:
-                    if self._closed:  # interrupted by close()
-                        self._busy = False
-                        return
-                    self._failure = exc
-                    self._busy = False
-                    self._cond.notify_all()
-                return
-            with self._cond:
-                self._wal_frames = frames
-                self._busy = False
-                self._cond.notify_all()
-
-    def _idle(self) -> None:
-        with self._cond:
-            while self._busy or self._wanted:
-                if self._failure is not None:
-                    break
-                self._cond.wait()
-            if self._failure is not None:
-                raise self._failure
-
-    def committed(self) -> None:
-        with self._cond:
-            if self._failure is not None:
-                raise self._failure
-            frames = self._wal_frames
-            if not self._checkpointed:  # the WAL file has only grown so far
-                frames = self._wal_file_frames()
-        if frames > self._limit:
-            self._idle()  # the thread's connection is free: use it here
-            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            with self._cond:
-                self._wal_frames = 0
-                self._checkpointed = True
-            return
-        if not self._checkpointed and frames < self._start:
-            return  # a small WAL so far: checkpointed after the ingest, by SQLite's own
-        with self._cond:
-            self._wanted = True
-            self._checkpointed = True
-            self._cond.notify_all()
-
-    def _wal_file_frames(self) -> int:
-        try:
-            return os.path.getsize(self._database + "-wal") // (self._page_size + 24)
-        except OSError:
-            return 0
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            busy = self._busy
-            self._cond.notify_all()
-        if busy:  # the ingest is over: do not wait for the rest of a checkpoint
-            self._db.interrupt()
-        self._thread.join()
-        self._db.close()
-
-
-class RunJournal:
-    """Pre-run state of keys this run rewrote after they existed before it.
-
-    Needed only when a key occurs more than once in one file: the last occurrence wins and
-    the version / counts are judged against what was stored before the run. Bounded
-    memory like :class:`~ehi_bridge.records.seen.SeenKeys`.
-    """
-
-    def __init__(self) -> None:
-        self._db = sqlite3.connect("", check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA cache_size=-4096")
-        self._db.execute("PRAGMA journal_mode=OFF")
-        self._db.execute(
-            "CREATE TABLE prior (t TEXT NOT NULL, i TEXT NOT NULL, hash BLOB NOT NULL, "
-            "version INTEGER NOT NULL, changed INTEGER NOT NULL, PRIMARY KEY (t, i)) "
-            "WITHOUT ROWID"
-        )
-        self._db.execute("BEGIN")
-
-    def remember(self, items: Sequence[tuple[Key, bytes, int, bool]]) -> None:
-        """(key, pre-run hash, pre-run version, content now differs from pre-run)."""
-        if items:
-            self._db.executemany(
-                "INSERT OR REPLACE INTO prior VALUES (?, ?, ?, ?, ?)",
-                [(k[0], k[1], h, v, int(c)) for k, h, v, c in items],
-            )
-
-    def get(self, keys: Iterable[Key]) -> dict[Key, tuple[bytes, int, bool]]:
-        found: dict[Key, tuple[bytes, int, bool]] = {}
-        for key in keys:
-            row = self._db.execute(
-                "SELECT hash, version, changed FROM prior WHERE t = ? AND i = ?", key
-            ).fetchone()
-            if row is not None:
-                found[key] = (bytes(row[0]), int(row[1]), bool(row[2]))
-        return found
-
-    def close(self) -> None:
-        self._db.close()
+from ehi_bridge.db.engine import Database
+from ehi_bridge.records.models import IngestError, IngestRun, Resource, ResourceVersion
 
 
 def purge_connection(session: Session, connection_id: str) -> int:
     """Delete every stored resource and ingest error of a connection; rows deleted."""
     result = session.execute(delete(Resource).where(Resource.connection_id == connection_id))
     session.execute(delete(IngestError).where(IngestError.connection_id == connection_id))
+    session.execute(delete(IngestRun).where(IngestRun.connection_id == connection_id))
+    session.execute(delete(ResourceVersion).where(ResourceVersion.connection_id == connection_id))
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
@@ -474,9 +35,6 @@ def mark_connection_revoked(session: Session, connection_id: str) -> int:
         .values(revoked=True)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
-
-
-# --------------------------------------------------------------------------- read side
 
 
 def _of(connection_ids: Sequence[str]) -> Any:
@@ -573,6 +131,10 @@ def iter_raw(
 ) -> Iterator[bytes]:
     """NDJSON of the stored bytes: chunks of whole lines, each line ending in ``\\n``.
 
+    A resource stored with line breaks (a pretty-printed Bundle entry; in valid JSON they
+    can only be whitespace between tokens) has them written as spaces: NDJSON needs one
+    line per resource. Every other resource is its stored bytes exactly.
+
     One read transaction (a consistent snapshot) for the whole stream; memory is one chunk.
     Ordered by connection, type, then ingest order.
     """
@@ -582,6 +144,8 @@ def iter_raw(
         buffer: list[bytes] = []
         size = 0
         for raw in _raw_rows(session, connection_ids, resource_type, chunk_rows):
+            if b"\n" in raw or b"\r" in raw:  # pretty-printed: one line, same length
+                raw = raw.replace(b"\r", b" ").replace(b"\n", b" ")
             buffer.append(raw)
             buffer.append(b"\n")
             size += len(raw) + 1
@@ -627,13 +191,3 @@ def iter_bundle(
             if buffer:
                 yield b"".join(buffer)
         yield b"]}"
-
-
-def list_errors(
-    session: Session, connection_id: str, export_id: int | None = None, limit: int = 1000
-) -> list[IngestError]:
-    """Ingest errors of a connection (optionally of one export), by line number."""
-    query = select(IngestError).where(IngestError.connection_id == connection_id)
-    if export_id is not None:
-        query = query.where(IngestError.export_id == export_id)
-    return list(session.scalars(query.order_by(IngestError.line_number).limit(limit)))

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from ehi_bridge.connections.repository import ensure_manual_connection
 from ehi_bridge.db.engine import Database
-from ehi_bridge.records.models import IngestError, Resource
+from ehi_bridge.records.models import IngestError, Resource, ResourceVersion
 
 FIXTURE = (
     Path(__file__).resolve().parents[2] / "fixtures" / "records" / "synthea-one-patient.ndjson"
@@ -68,7 +68,22 @@ def errors(db: Database, connection_id: str) -> list[tuple[int | None, int, str]
     with db.read_session() as session:
         rows = session.scalars(
             select(IngestError)
-            .where(IngestError.connection_id == connection_id)
-            .order_by(IngestError.line_number)
+            .where(IngestError.connection_id == connection_id, IngestError.kind == "rejected")
+            .order_by(IngestError.line_number, IngestError.id)
         )
         return [(e.export_id, e.line_number, e.reason) for e in rows]
+
+
+def versions(db: Database, connection_id: str, key: tuple[str, str]) -> list[tuple[int, bytes]]:
+    """Earlier versions of one resource: (version, raw), oldest first."""
+    with db.read_session() as session:
+        rows = session.scalars(
+            select(ResourceVersion)
+            .where(
+                ResourceVersion.connection_id == connection_id,
+                ResourceVersion.resource_type == key[0],
+                ResourceVersion.resource_id == key[1],
+            )
+            .order_by(ResourceVersion.version)
+        )
+        return [(r.version, bytes(r.raw)) for r in rows]

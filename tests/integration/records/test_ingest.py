@@ -12,11 +12,8 @@ from sqlalchemy import text
 
 from ehi_bridge.db.engine import Database
 from ehi_bridge.records.ingest import IngestReport, ingest_file
-from ehi_bridge.records.repository import (
-    ResourceWriter,
-    mark_connection_revoked,
-    purge_connection,
-)
+from ehi_bridge.records.repository import mark_connection_revoked, purge_connection
+from ehi_bridge.records.writer import ResourceWriter
 from tests.integration.records.helpers import (
     FIXTURE,
     duplicate_keys,
@@ -26,6 +23,7 @@ from tests.integration.records.helpers import (
     row_count,
     scaled_lines,
     stored,
+    versions,
     write_lines,
 )
 
@@ -169,18 +167,19 @@ def test_malformed_lines_are_recorded_and_the_rest_stored(db: Database, tmp_path
     rows = stored(db, connection_id)
     assert sorted(r.raw for r in rows.values()) == sorted([*good, huge_valid])
 
-    # Idempotent: the same errors once, nothing rewritten.
+    # Nothing rewritten; each run keeps its own quarantine rows, none erases another's.
     again = ingest_file(db, path, connection_id=connection_id, export_id=7)
     assert (again.inserted, again.updated, again.errors) == (0, 0, 5)
-    assert errors(db, connection_id) == expected_errors
+    assert again.run_id != report.run_id
+    assert errors(db, connection_id) == sorted(expected_errors * 2)
 
-    # Manual imports (no export id) record their errors too, also idempotently.
+    # Manual imports (no export id): a later import never erases an earlier one's rows.
     ingest_file(db, path, connection_id=connection_id, export_id=None)
     ingest_file(db, path, connection_id=connection_id, export_id=None)
     manual = [e for e in errors(db, connection_id) if e[0] is None]
-    assert [(line, reason) for _, line, reason in manual] == [
-        (line, reason) for _, line, reason in expected_errors
-    ]
+    assert sorted((line, reason) for _, line, reason in manual) == sorted(
+        [(line, reason) for _, line, reason in expected_errors] * 2
+    )
 
 
 @pytest.mark.parametrize(
@@ -238,31 +237,32 @@ def test_repeated_key_last_wins_and_counts_once(
         expected_total=len(lines),
         batch_rows=batch_rows,
     )
+    # x then y in one file: two versions, y current, x kept as version 1.
     assert (first.resources, first.inserted, first.updated, first.unchanged) == (60, 60, 0, 0)
-    assert first.duplicates == 1 and first.complete
-    assert (stored(db, connection_id)[key].raw, stored(db, connection_id)[key].version) == (y, 1)
+    assert (first.duplicates, first.conflicts, first.exact_repeats) == (1, 1, 0)
+    assert first.status == "conflicts" and first.complete
+    assert first.conflict_samples == [
+        {"resource_type": key[0], "resource_id": key[1], "previous_line": 4, "line": 41}
+    ]
+    assert (stored(db, connection_id)[key].raw, stored(db, connection_id)[key].version) == (y, 2)
+    assert versions(db, connection_id, key) == [(1, x)]
 
+    # The same file again: x differs from the stored y (version 3), then y (version 4).
     again = ingest_file(
         db, file_xy, connection_id=connection_id, export_id=None, batch_rows=batch_rows
     )
-    assert (again.inserted, again.updated, again.unchanged, again.duplicates) == (0, 0, 60, 1)
-    assert (stored(db, connection_id)[key].raw, stored(db, connection_id)[key].version) == (y, 1)
+    assert (again.inserted, again.updated, again.unchanged, again.duplicates) == (0, 1, 59, 1)
+    assert (stored(db, connection_id)[key].raw, stored(db, connection_id)[key].version) == (y, 4)
+    assert versions(db, connection_id, key) == [(1, x), (2, y), (3, x)]
 
-    # Stored y; the file has x then y again: net unchanged (version stays 1).
-    file_yx_y = write_lines(tmp_path / "xy2.ndjson", [*lines[:3], x, *lines[4:], y])
+    # An exact repeat writes nothing and is reported as such.
+    file_yy = write_lines(tmp_path / "yy.ndjson", [*lines[:3], y, *lines[4:], y])
     third = ingest_file(
-        db, file_yx_y, connection_id=connection_id, export_id=None, batch_rows=batch_rows
+        db, file_yy, connection_id=connection_id, export_id=None, batch_rows=batch_rows
     )
     assert (third.inserted, third.updated, third.unchanged) == (0, 0, 60)
-    assert (stored(db, connection_id)[key].raw, stored(db, connection_id)[key].version) == (y, 1)
-
-    # Stored y; the file has y (unchanged) then x: one update, version 2, x wins.
-    file_y_x = write_lines(tmp_path / "yx.ndjson", [*lines[:3], y, *lines[4:], x])
-    fourth = ingest_file(
-        db, file_y_x, connection_id=connection_id, export_id=None, batch_rows=batch_rows
-    )
-    assert (fourth.inserted, fourth.updated, fourth.unchanged) == (0, 1, 59)
-    assert (stored(db, connection_id)[key].raw, stored(db, connection_id)[key].version) == (x, 2)
+    assert (third.exact_repeats, third.conflicts, third.status) == (1, 0, "complete")
+    assert stored(db, connection_id)[key].version == 4
     assert row_count(db, connection_id) == 60 and duplicate_keys(db) == []
 
 
@@ -275,7 +275,7 @@ def test_connections_are_separate(db: Database) -> None:
     assert row_count(db, a) == row_count(db, b) == len(fixture_lines())
 
 
-def test_bundle_file_is_ingested_as_compact_json(db: Database, tmp_path: Path) -> None:
+def test_pretty_bundle_file_is_ingested_as_its_own_bytes(db: Database, tmp_path: Path) -> None:
     connection_id = new_connection(db)
     docs = [orjson.loads(line) for line in fixture_lines()[:30]]
     bundle = {
@@ -289,9 +289,12 @@ def test_bundle_file_is_ingested_as_compact_json(db: Database, tmp_path: Path) -
     report = ingest_file(db, path, connection_id=connection_id, export_id=None, expected_total=30)
 
     assert report.complete and report.inserted == 30
-    assert sorted(r.raw for r in stored(db, connection_id).values()) == sorted(
-        orjson.dumps(d) for d in docs
+    body = path.read_bytes()
+    raws = [r.raw for r in stored(db, connection_id).values()]
+    assert sorted(orjson.dumps(orjson.loads(raw)) for raw in raws) == sorted(
+        map(orjson.dumps, docs)
     )
+    assert all(raw in body and b"\n" in raw for raw in raws)  # the file's own bytes
     again = ingest_file(db, path, connection_id=connection_id, export_id=None)
     assert (again.inserted, again.updated) == (0, 0)
 
@@ -356,6 +359,7 @@ def test_insert_of_a_key_stored_meanwhile_falls_back_to_upsert(db: Database) -> 
             None,
             writer.bind_time(datetime.now(UTC)),
             False,
+            None,
         )
         with conn.begin():
             writer.insert_new([row])

@@ -15,7 +15,7 @@ import pytest
 from ehi_bridge.db.engine import Database
 from ehi_bridge.records import ingest
 from ehi_bridge.records.ingest import ParserProcessError, ingest_file
-from ehi_bridge.records.repository import WalCheckpointer
+from ehi_bridge.records.writer import WalCheckpointer
 from tests.integration.records.helpers import (
     duplicate_keys,
     errors,

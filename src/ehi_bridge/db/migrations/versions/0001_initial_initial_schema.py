@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-12-04 15:40:56.488236
+Create Date: 2026-12-04 15:44:31.402437
 """
 
 from collections.abc import Sequence
@@ -204,21 +204,51 @@ def upgrade() -> None:
             autoincrement=True,
             nullable=False,
         ),
+        sa.Column("run_id", sa.BigInteger(), nullable=True),
         sa.Column("export_id", sa.BigInteger(), nullable=True),
         sa.Column("connection_id", sa.String(length=64), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("line_number", sa.Integer(), nullable=False),
         sa.Column("reason", sa.String(length=255), nullable=False),
+        sa.Column("resource_type", sa.String(length=64), nullable=True),
+        sa.Column("resource_id", sa.String(length=255), nullable=True),
+        sa.Column("previous_line", sa.Integer(), nullable=True),
+        sa.Column("raw", sa.LargeBinary(), nullable=True),
+        sa.Column("raw_size", sa.Integer(), nullable=True),
+        sa.Column("truncated", sa.Boolean(), nullable=False),
+        sa.Column("reingested_at", ehi_bridge.db.base.UTCDateTime(timezone=True), nullable=True),
         sa.Column("created_at", ehi_bridge.db.base.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_ingest_errors")),
-        sa.UniqueConstraint(
-            "export_id", "connection_id", "line_number", name=op.f("uq_ingest_errors_export_id")
-        ),
+        sa.UniqueConstraint("run_id", "kind", "line_number", name=op.f("uq_ingest_errors_run_id")),
     )
     with op.batch_alter_table("ingest_errors", schema=None) as batch_op:
         batch_op.create_index(
             batch_op.f("ix_ingest_errors_connection_id"), ["connection_id"], unique=False
         )
         batch_op.create_index(batch_op.f("ix_ingest_errors_export_id"), ["export_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_ingest_errors_run_id"), ["run_id"], unique=False)
+
+    op.create_table(
+        "ingest_runs",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("connection_id", sa.String(length=64), nullable=False),
+        sa.Column("export_id", sa.BigInteger(), nullable=True),
+        sa.Column("source", sa.String(length=16), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("started_at", ehi_bridge.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", ehi_bridge.db.base.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("report", sa.JSON(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_ingest_runs")),
+    )
+    with op.batch_alter_table("ingest_runs", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_ingest_runs_connection_id"), ["connection_id"], unique=False
+        )
 
     op.create_table(
         "outbox",
@@ -245,6 +275,31 @@ def upgrade() -> None:
             postgresql_where=sa.text("started_at IS NULL"),
         )
 
+    op.create_table(
+        "resource_versions",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("connection_id", sa.String(length=64), nullable=False),
+        sa.Column("resource_type", sa.String(length=64), nullable=False),
+        sa.Column("resource_id", sa.String(length=255), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("raw", sa.LargeBinary(), nullable=False),
+        sa.Column("content_hash", sa.LargeBinary(length=32), nullable=False),
+        sa.Column("export_id", sa.BigInteger(), nullable=True),
+        sa.Column("ingested_at", ehi_bridge.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_resource_versions")),
+        sa.UniqueConstraint(
+            "connection_id",
+            "resource_type",
+            "resource_id",
+            "version",
+            name=op.f("uq_resource_versions_connection_id"),
+        ),
+    )
     op.create_table(
         "exports",
         sa.Column(
@@ -307,6 +362,7 @@ def upgrade() -> None:
         sa.Column("export_id", sa.BigInteger(), nullable=True),
         sa.Column("ingested_at", ehi_bridge.db.base.UTCDateTime(timezone=True), nullable=False),
         sa.Column("revoked", sa.Boolean(), nullable=False),
+        sa.Column("bundle_entry", sa.Text(), nullable=True),
         sa.ForeignKeyConstraint(
             ["connection_id"],
             ["connections.id"],
@@ -340,6 +396,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_exports_connection_id"))
 
     op.drop_table("exports")
+    op.drop_table("resource_versions")
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.drop_index(
             "ix_outbox_not_started",
@@ -348,7 +405,12 @@ def downgrade() -> None:
         )
 
     op.drop_table("outbox")
+    with op.batch_alter_table("ingest_runs", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_ingest_runs_connection_id"))
+
+    op.drop_table("ingest_runs")
     with op.batch_alter_table("ingest_errors", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_ingest_errors_run_id"))
         batch_op.drop_index(batch_op.f("ix_ingest_errors_export_id"))
         batch_op.drop_index(batch_op.f("ix_ingest_errors_connection_id"))
 
