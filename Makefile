@@ -14,7 +14,7 @@ $(UV):
 	$(VENV)/bin/pip install -q --disable-pip-version-check uv==0.13.9
 
 $(STAMP): $(UV) uv.lock pyproject.toml
-	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync -q --frozen --extra dev
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync -q --frozen --compile-bytecode --extra dev
 	touch $(STAMP)
 
 demo: $(STAMP)  ## run ehi-bridge + the Fasten simulator with sample patients on SQLite

@@ -1,4 +1,20 @@
-"""The ``ehi-bridge`` command line (Typer). Each feature contributes its own sub-commands."""
+"""The ``ehi-bridge`` command line (Typer). Each feature contributes its own sub-commands.
+
+Start-up stays instant: this module and every feature's ``cli`` module import only Typer at
+the top, and each command imports what it needs when it runs (``--help`` never loads
+SQLAlchemy, FastAPI or DBOS). ``main`` turns errors into one line on stderr and an exit code
+(``--debug`` shows the traceback instead):
+
+====  ===========================================================
+0     success
+1     the operation was refused or failed (a message says why)
+2     usage error (a bad option or argument)
+65    the input file is empty or not what the command reads
+69    the database cannot be reached or opened
+74    a file or folder cannot be read or written
+130   interrupted (Ctrl-C)
+====  ===========================================================
+"""
 
 from __future__ import annotations
 
@@ -6,19 +22,30 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
 from ehi_bridge.auth.cli import app as auth_app
-from ehi_bridge.config import Settings
 from ehi_bridge.exports.cli import app as exports_app
 from ehi_bridge.records.cli import app as records_app
 from ehi_bridge.records.cli import import_command
 from ehi_bridge.simulator.cli import app as simulator_app
 
+if TYPE_CHECKING:
+    from ehi_bridge.config import Settings
+
+EXIT_FAILED = 1
+EXIT_DATA = 65
+EXIT_UNAVAILABLE = 69
+EXIT_IO = 74
+EXIT_INTERRUPTED = 130
+
 app = typer.Typer(
-    no_args_is_help=True, help="ehi-bridge: Fasten Connect webhooks, exports and records."
+    no_args_is_help=True,
+    help="ehi-bridge: Fasten Connect webhooks, exports and records.",
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(db_app, name="db")
@@ -27,6 +54,70 @@ app.add_typer(records_app, name="records")
 app.command("import")(import_command)
 app.add_typer(auth_app, name="auth")
 app.add_typer(simulator_app, name="simulator")
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(
+        False, "--debug", help="On an error, print the full traceback instead of one line."
+    ),
+) -> None:
+    """ehi-bridge: Fasten Connect webhooks, exports and records."""
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    line = lines[0] if lines else ""
+    return line if len(line) <= 240 else line[:237] + "..."
+
+
+def describe_error(exc: BaseException) -> tuple[int, str]:
+    """The exit code and the one line printed for an error that escaped a command.
+
+    Database errors name the driver's reason, never the URL (it may carry a password) nor
+    the SQL statement."""
+    sa_exc: Any = sys.modules.get("sqlalchemy.exc")
+    if sa_exc is not None and isinstance(exc, sa_exc.DBAPIError):
+        reason = _one_line(str(exc.orig)) if exc.orig is not None else type(exc).__name__
+        if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+            return EXIT_UNAVAILABLE, f"cannot use the database: {reason}"
+        return EXIT_FAILED, f"database error ({type(exc.orig).__name__}): {reason}"
+    if sa_exc is not None and isinstance(exc, sa_exc.ArgumentError):
+        return EXIT_UNAVAILABLE, f"invalid database URL: {_one_line(str(exc))}"
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return EXIT_IO, f"{exc.strerror}{where}"
+    detail = _one_line(str(exc))
+    return EXIT_FAILED, (
+        f"unexpected {type(exc).__name__}{': ' + detail if detail else ''} "
+        "(run with --debug for the traceback)"
+    )
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """The console script: run a command; errors as one line and an exit code."""
+    import click
+
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args[: args.index("--") if "--" in args else len(args)]
+    try:
+        result = app(args=args, prog_name="ehi-bridge", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except click.exceptions.Abort:  # Ctrl-C (or end of input) at a prompt
+        typer.echo("", err=True)
+        code = EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except Exception as exc:
+        if debug:
+            raise
+        code, message = describe_error(exc)
+        typer.echo(f"error: {message}", err=True)
+    sys.stdout.flush()
+    sys.exit(code)
 
 
 @db_app.command("upgrade")
@@ -49,6 +140,7 @@ def _exit_now(code: int = 0) -> NoReturn:
 
 
 def _settings() -> Settings:
+    from ehi_bridge.config import Settings
     from ehi_bridge.logging import configure_logging
 
     settings = Settings()
@@ -105,7 +197,7 @@ def serve(
 
 @app.command()
 def worker() -> None:
-    """Run background processing only (scale-out next to ``serve`` on PostgreSQL)."""
+    """Run background processing only (scale-out next to `serve` on PostgreSQL)."""
     import signal
     import threading
 
@@ -134,13 +226,22 @@ def worker() -> None:
 def stats(json_output: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Counts of deliveries, events, connections, exports and resources."""
     import orjson
-    from rich.console import Console
-    from rich.table import Table
+    from sqlalchemy.engine import make_url
 
     from ehi_bridge import stats as stats_module
+    from ehi_bridge.config import Settings
     from ehi_bridge.db.engine import Database
 
     settings = Settings()
+    url = make_url(settings.resolved_database_url)
+    file = url.database if url.get_backend_name() == "sqlite" else None
+    if file and file != ":memory:" and not Path(file).is_file():  # opening would create it
+        typer.echo(
+            f"error: no database at {file} (set EHI_DATA_DIR or EHI_DATABASE_URL, "
+            "or run `ehi-bridge db upgrade`)",
+            err=True,
+        )
+        raise typer.Exit(EXIT_UNAVAILABLE)
     db = Database(settings.resolved_database_url)
     try:
         with db.read_session() as session:
@@ -150,6 +251,9 @@ def stats(json_output: bool = typer.Option(False, "--json", help="Print JSON."))
     if json_output:
         typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode())
         return
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table("what", "count")
     for key, value in data.items():
         table.add_row(key, str(value))

@@ -474,13 +474,11 @@ def connect_link_create(
     ttl_hours: Annotated[int, Form(ge=1, le=168)] = 24,
 ) -> Response:
     """A signed link for the patient ``external_id`` to open the connect page."""
-    from ehi_bridge.auth.connect_links import ConnectLinkError, make_connect_token
+    from ehi_bridge.auth.connect_links import ConnectLinkError, make_connect_link
 
     link = error = None
     try:
-        token = make_connect_token(ctx.settings, external_id.strip(), ttl=ttl_hours * 3600)
-        base = ctx.settings.public_base_url.rstrip("/")
-        link = f"{base}/connect?{urlencode({'token': token})}"
+        link = make_connect_link(ctx.settings, external_id.strip(), ttl=ttl_hours * 3600)
         _audit(
             ctx, user, "dashboard.connect_link.create", "external_id", external_id.strip(), request
         )

@@ -9,6 +9,29 @@ import typer
 
 app = typer.Typer(no_args_is_help=True, help="Stored FHIR records.")
 
+EXIT_DATA = 65  # the input file is empty or not JSON (sysexits EX_DATAERR)
+
+
+def refuse_unreadable_input(file: Path) -> None:
+    """Exit with one line before anything is written when ``file`` cannot be an export:
+    empty (or only whitespace), or not starting with a JSON object (NDJSON lines and a
+    Bundle both do)."""
+    with file.open("rb") as f:
+        head = f.read(64 * 1024)
+        while head and not head.strip():
+            head = f.read(64 * 1024)
+    first = head.lstrip()[:1]
+    if not first:
+        typer.echo(f"error: {file} is empty: nothing to import", err=True)
+        raise typer.Exit(EXIT_DATA)
+    if first != b"{":
+        typer.echo(
+            f"error: {file} is not JSON (expected NDJSON lines or a FHIR Bundle); "
+            "nothing was imported",
+            err=True,
+        )
+        raise typer.Exit(EXIT_DATA)
+
 
 def import_command(
     file: Path = typer.Argument(
@@ -22,7 +45,7 @@ def import_command(
     ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Ingest a FHIR export file. An unknown connection becomes a ``manual`` connection."""
+    """Ingest a FHIR export file. An unknown connection becomes a `manual` connection."""
     import orjson
     from rich.console import Console
     from rich.progress import (
@@ -40,6 +63,7 @@ def import_command(
     from ehi_bridge.logging import configure_logging
     from ehi_bridge.records.ingest import ingest_file
 
+    refuse_unreadable_input(file)
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)  # logs go to stderr
     url = settings.resolved_database_url
