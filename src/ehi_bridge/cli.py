@@ -95,29 +95,22 @@ def describe_error(exc: BaseException) -> tuple[int, str]:
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
-    """The console script: run a command; errors as one line and an exit code."""
-    import click
+    """The console script: run a command; errors as one line and an exit code.
 
+    Typer handles usage errors (2), ``typer.Exit`` and Ctrl-C (130) itself."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args[: args.index("--") if "--" in args else len(args)]
     try:
-        result = app(args=args, prog_name="ehi-bridge", standalone_mode=False)
-        code = result if isinstance(result, int) else 0
-    except click.exceptions.Abort:  # Ctrl-C (or end of input) at a prompt
-        typer.echo("", err=True)
-        code = EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        code = EXIT_INTERRUPTED
-    except click.ClickException as exc:
-        exc.show()
-        code = exc.exit_code
+        app(args=args, prog_name="ehi-bridge")
+    except KeyboardInterrupt:  # outside a command (typer turns one inside into exit 130)
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:
         if debug:
             raise
         code, message = describe_error(exc)
         typer.echo(f"error: {message}", err=True)
-    sys.stdout.flush()
-    sys.exit(code)
+        sys.exit(code)
+    sys.exit(0)
 
 
 @db_app.command("upgrade")
