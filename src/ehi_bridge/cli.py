@@ -219,38 +219,38 @@ def worker() -> None:
 def stats(json_output: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Counts of deliveries, events, connections, exports and resources."""
     import orjson
-    from sqlalchemy.engine import make_url
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
 
     from ehi_bridge import stats as stats_module
     from ehi_bridge.config import Settings
-    from ehi_bridge.db.engine import Database
+    from ehi_bridge.db.urls import normalize_url, sqlite_file
 
     settings = Settings()
-    url = make_url(settings.resolved_database_url)
-    file = url.database if url.get_backend_name() == "sqlite" else None
-    if file and file != ":memory:" and not Path(file).is_file():  # opening would create it
+    url = settings.resolved_database_url
+    file = sqlite_file(url)
+    if file is not None and not Path(file).is_file():  # opening it would create it
         typer.echo(
             f"error: no database at {file} (set EHI_DATA_DIR or EHI_DATABASE_URL, "
             "or run `ehi-bridge db upgrade`)",
             err=True,
         )
         raise typer.Exit(EXIT_UNAVAILABLE)
-    db = Database(settings.resolved_database_url)
+    # Core only, one connection: counting needs neither the ORM nor a pool.
+    engine = create_engine(normalize_url(url), poolclass=NullPool)
     try:
-        with db.read_session() as session:
-            data = stats_module.collect(session)
+        with engine.connect() as conn:
+            data = stats_module.collect(conn)
     finally:
-        db.dispose()
+        engine.dispose()
     if json_output:
         typer.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode())
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("what", "count")
+    # Plain aligned text (Rich would add ~0.2 s of start-up for a two-column table).
     for key, value in data.items():
-        table.add_row(key, str(value))
-    Console().print(table)
+        if isinstance(value, dict):
+            value = "  ".join(f"{k}={v}" for k, v in sorted(value.items())) or "-"
+        typer.echo(f"{key:<23}{value}")
 
 
 @app.command()
