@@ -5,7 +5,7 @@ UV := $(VENV)/bin/uv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.synced
 
-.PHONY: help demo test lint typecheck migration clean
+.PHONY: help demo test lint typecheck migration docs clean
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
@@ -35,6 +35,9 @@ typecheck: $(STAMP)  ## mypy --strict
 
 migration: $(STAMP)  ## regenerate the initial migration from the models (pre-release only)
 	$(BIN)/python -m ehi_bridge.db.regenerate_migration
+
+docs: $(STAMP)  ## regenerate docs/configuration.md from the Settings class
+	$(BIN)/python -m ehi_bridge.config_reference
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

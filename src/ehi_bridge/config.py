@@ -23,52 +23,120 @@ class Settings(BaseSettings):
     """Every knob of the service. Secrets are ``SecretStr`` so they never print."""
 
     model_config = SettingsConfigDict(
-        env_prefix="EHI_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="EHI_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        use_attribute_docstrings=True,
     )
 
     data_dir: Path = Path("./data")
+    """Folder of the SQLite database files (app and DBOS) and of downloads in progress."""
     database_url: str | None = None
-    dbos_database_url: str | None = Field(
-        default=None, description="DBOS system database; default: beside the app database"
-    )
-    executor_id: str = Field(
-        default="local", description="Stable and unique per process for DBOS recovery"
-    )
-    app_version: str = Field(default="", description="Pinned DBOS application version")
+    """`sqlite:///…` or `postgresql://…` (psycopg 3); unset: SQLite `ehi-bridge.sqlite3` in
+    `DATA_DIR`. The URL alone selects the backend.
+    """
+    dbos_database_url: str | None = None
+    """DBOS's system database (durable workflow state). Unset: on SQLite, a second file beside
+    the app database (`….dbos.sqlite3`); on PostgreSQL, the app database itself.
+    """
+    executor_id: str = "local"
+    """This process's DBOS executor id: stable across restarts of the same process and unique
+    among processes sharing a database, so a restarted process resumes exactly its own
+    unfinished workflows (docs/operations.md shows how to derive one per process).
+    """
+    app_version: str = ""
+    """DBOS application version. Unset: the package version, so workflows started by one
+    release are recovered only by the same release; pin it to recover across an upgrade.
+    """
 
     test_webhook_secrets: Annotated[list[SecretStr], NoDecode] = []
+    """Comma-separated `whsec_…` secrets of Fasten's test-mode webhooks; all verify, so list the
+    new one beside the old during a rotation. Unset: test-mode deliveries answer 503.
+    """
     live_webhook_secrets: Annotated[list[SecretStr], NoDecode] = []
+    """As `TEST_WEBHOOK_SECRETS`, for live mode."""
     test_public_id: str = ""
+    """Fasten test-mode public id (`public_test_…`), for API calls (export requests, status polls).
+    """
     test_private_key: SecretStr = SecretStr("")
+    """Fasten test-mode private key (`private_test_…`). Read at start-up: a new key takes a restart
+    of every process.
+    """
     live_public_id: str = ""
+    """Fasten live-mode public id."""
     live_private_key: SecretStr = SecretStr("")
+    """Fasten live-mode private key. Read at start-up: a new key takes a restart of every process.
+    """
     fasten_api_url: str = "https://api.connect.fastenhealth.com/v1"
+    """Fasten Connect's API (the simulator's URL in development)."""
     fasten_auth_scheme: Literal["basic", "bearer"] = "basic"
+    """How API calls authenticate: HTTP Basic with the public id and private key, or a bearer
+    token.
+    """
     download_allowed_hosts: Annotated[list[str], NoDecode] = []
+    """Comma-separated host names an export's download link may point at, besides
+    `FASTEN_API_URL`'s host (the storage host Fasten redirects to).
+    """
 
     webhook_max_body_bytes: int = 1024 * 1024
+    """Largest webhook body accepted, in bytes; a larger delivery answers 413."""
     webhook_tolerance_seconds: int = 300
+    """How far a webhook's signed timestamp may be from now (replay protection)."""
     signature_failure_alert_threshold: int = 20
+    """Alert when this many webhook signatures fail within `SIGNATURE_FAILURE_ALERT_WINDOW_SECONDS`
+    (a wrong or rotated secret).
+    """
     signature_failure_alert_window_seconds: float = 60.0
+    """The window of `SIGNATURE_FAILURE_ALERT_THRESHOLD`."""
     event_max_attempts: int = 5
+    """Attempts to apply an event before it is parked for replay from the dashboard or API."""
     event_retry_interval_seconds: float = 1.0
+    """First delay between attempts; it doubles after each failure."""
 
     auto_request_export: bool = True
+    """Request an export as soon as a `patient.connection_success` arrives."""
     export_deadline_minutes: float = 30
+    """An export not complete after this long is polled for its status, then marked `timed_out`
+    with an alert.
+    """
     export_deadline_minutes_by_platform: dict[str, float] = {"epic": 60}
+    """Per-platform deadlines (JSON object of platform type to minutes) overriding
+    `EXPORT_DEADLINE_MINUTES`.
+    """
     export_file_lifetime_hours: int = 24
+    """How long Fasten keeps an export's download link valid after it completes."""
     rerequest_expired_exports: bool = True
+    """Request a fresh export when the download link of a completed one has expired before it was
+    downloaded.
+    """
     revoked_records: Literal["keep", "purge"] = "keep"
+    """What happens to stored records when a patient revokes the authorization: keep them, or purge
+    them.
+    """
 
     alert_slack_webhook_url: SecretStr | None = None
+    """Slack incoming-webhook URL for alerts (every alert is also logged)."""
     alert_http_url: str | None = None
+    """An HTTP endpoint that receives alerts as signed JSON POSTs."""
     alert_http_secret: SecretStr | None = None
+    """The secret that signs alerts sent to `ALERT_HTTP_URL` (Standard Webhooks scheme)."""
     downstream_url: str | None = None
+    """Your application's endpoint for signed `records.ingested` notifications."""
     downstream_secret: SecretStr | None = None
+    """The secret that signs notifications sent to `DOWNSTREAM_URL`."""
 
     session_secret: SecretStr | None = None
+    """Signs dashboard session cookies. Unset: a secret generated per process, so sessions end on
+    restart and several processes disagree (set it whenever more than one process serves the
+    dashboard).
+    """
     connect_link_secret: SecretStr | None = None
+    """Signs the connect page's links (`/connect?token=…`). Unset: connect links cannot be made."""
     public_base_url: str = "http://127.0.0.1:8000"
+    """The URL patients and browsers reach this service at: connect links are built on it, and an
+    `https://` value makes cookies `Secure`.
+    """
     stitch_js_url: str = Field(
         default="https://cdn.fastenhealth.com/connect/v4/fasten-stitch.js",
         description="Where the connect page loads Fasten's widget (the simulator's /stitch.js)",
@@ -86,7 +154,11 @@ class Settings(BaseSettings):
     )
 
     log_json: bool = False
+    """Structured JSON logs (one object a line) instead of console lines."""
     log_level: str = "INFO"
+    """`DEBUG`, `INFO`, `WARNING` or `ERROR`. Logs carry ids, counts and statuses, never bodies,
+    URLs, secrets or records.
+    """
 
     @field_validator(
         "test_webhook_secrets", "live_webhook_secrets", "download_allowed_hosts", mode="before"
