@@ -126,13 +126,17 @@ class Settings(BaseSettings):
     downstream_secret: SecretStr | None = None
     """The secret that signs notifications sent to `DOWNSTREAM_URL`."""
 
-    session_secret: SecretStr | None = None
-    """Signs dashboard session cookies. Unset: a secret generated per process, so sessions end on
-    restart and several processes disagree (set it whenever more than one process serves the
-    dashboard).
+    session_secret: Annotated[list[SecretStr], NoDecode] = []
+    """Signs dashboard sessions; comma-separated to rotate: the first signs, all verify (add
+    the new secret in front, drop the old one once sessions signed with it have expired,
+    12 hours). Unset: a secret generated once and stored in the database, shared by every
+    process and host on that database.
     """
-    connect_link_secret: SecretStr | None = None
-    """Signs the connect page's links (`/connect?token=…`). Unset: connect links cannot be made."""
+    connect_link_secret: Annotated[list[SecretStr], NoDecode] = []
+    """Signs the connect page's links (`/connect?token=…`); comma-separated to rotate: the
+    first signs, all verify (drop the old one once its links have expired). Unset: connect
+    links cannot be made.
+    """
     public_base_url: str = "http://127.0.0.1:8000"
     """The URL patients and browsers reach this service at: connect links are built on it, and an
     `https://` value makes cookies `Secure`.
@@ -161,10 +165,19 @@ class Settings(BaseSettings):
     """
 
     @field_validator(
-        "test_webhook_secrets", "live_webhook_secrets", "download_allowed_hosts", mode="before"
+        "test_webhook_secrets",
+        "live_webhook_secrets",
+        "download_allowed_hosts",
+        "session_secret",
+        "connect_link_secret",
+        mode="before",
     )
     @classmethod
     def _csv(cls, value: object) -> object:
+        if value is None:
+            return []
+        if isinstance(value, SecretStr):  # one secret given in code
+            return [value]
         return _split_csv(value)
 
     @cached_property
@@ -185,6 +198,14 @@ class Settings(BaseSettings):
     def webhook_secrets(self, mode: Mode) -> list[str]:
         secrets = self.test_webhook_secrets if mode == "test" else self.live_webhook_secrets
         return [s.get_secret_value() for s in secrets]
+
+    def session_secrets(self) -> list[str]:
+        """Configured session secrets, the signing one first (empty: use the stored one)."""
+        return [s.get_secret_value() for s in self.session_secret if s.get_secret_value()]
+
+    def connect_link_secrets(self) -> list[str]:
+        """Configured connect-link secrets, the signing one first."""
+        return [s.get_secret_value() for s in self.connect_link_secret if s.get_secret_value()]
 
     def credentials(self, mode: Mode) -> tuple[str, str]:
         if mode == "test":

@@ -74,8 +74,8 @@ def _settings(data_dir: Path, port: int, sim: SimulatorServer, test_secret: str)
         test_private_key=SecretStr(mode.private_key),
         fasten_api_url=sim.fasten_api_url,
         stitch_js_url=sim.stitch_js_url,
-        session_secret=SecretStr(secrets.token_urlsafe(32)),
-        connect_link_secret=SecretStr(secrets.token_urlsafe(32)),
+        session_secret=[SecretStr(secrets.token_urlsafe(32))],
+        connect_link_secret=[SecretStr(secrets.token_urlsafe(32))],
         public_base_url=f"http://127.0.0.1:{port}",
         log_level="WARNING",
     )

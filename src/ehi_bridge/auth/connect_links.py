@@ -18,12 +18,11 @@ class ConnectLinkError(Exception):
 
 
 def _serializer(settings: Settings) -> URLSafeSerializer | None:
-    if settings.connect_link_secret is None:
+    secrets = settings.connect_link_secrets()
+    if not secrets:
         return None
-    secret = settings.connect_link_secret.get_secret_value()
-    if not secret:
-        return None
-    return URLSafeSerializer(secret, salt=_SALT)
+    # itsdangerous signs with the last key and verifies with all: ours lists the signer first.
+    return URLSafeSerializer(list(reversed(secrets)), salt=_SALT)
 
 
 def make_connect_token(

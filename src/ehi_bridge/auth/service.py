@@ -19,9 +19,10 @@ from datetime import datetime, timedelta
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ehi_bridge.auth.models import ApiToken, AuditLog, DashboardUser
+from ehi_bridge.auth.models import ApiToken, AuditLog, DashboardUser, InstanceSecret
 from ehi_bridge.db.base import utcnow
 
 ISSUED_PREFIX = "ehib_"  # marks our API tokens in logs/scanners
@@ -50,6 +51,27 @@ class Actor:
 
 def hash_token(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
+
+
+# --- secrets this installation generates for itself --------------------------------------
+
+
+def instance_secret(session: Session, name: str) -> str:
+    """The stored secret ``name``, generated on first use. Every process and host on the
+    database gets the same one: concurrent first uses race on the primary key, and the loser
+    reads the winner's."""
+    stored = session.get(InstanceSecret, name)
+    if stored is not None:
+        return stored.value
+    try:
+        with session.begin_nested():
+            session.add(
+                InstanceSecret(name=name, value=secrets.token_urlsafe(48), created_at=utcnow())
+            )
+    except IntegrityError:
+        pass
+    value = session.scalars(select(InstanceSecret.value).where(InstanceSecret.name == name)).one()
+    return value
 
 
 # --- API tokens ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-12-02 04:36:36.144436
+Create Date: 2026-12-04 14:51:34.911531
 """
 
 from collections.abc import Sequence
@@ -207,6 +207,13 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_ingest_errors_export_id"), ["export_id"], unique=False)
 
     op.create_table(
+        "instance_secrets",
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("value", sa.String(length=128), nullable=False),
+        sa.Column("created_at", ehi_bridge.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_instance_secrets")),
+    )
+    op.create_table(
         "exports",
         sa.Column(
             "id",
@@ -301,6 +308,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_exports_connection_id"))
 
     op.drop_table("exports")
+    op.drop_table("instance_secrets")
     with op.batch_alter_table("ingest_errors", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_ingest_errors_export_id"))
         batch_op.drop_index(batch_op.f("ix_ingest_errors_connection_id"))
