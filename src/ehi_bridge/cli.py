@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import typer
 
 from ehi_bridge.auth.cli import app as auth_app
+from ehi_bridge.auth.cli import connect_link_app
 from ehi_bridge.exports.cli import app as exports_app
 from ehi_bridge.records.cli import app as records_app
 from ehi_bridge.records.cli import import_command
@@ -53,6 +54,7 @@ app.add_typer(exports_app, name="exports")
 app.add_typer(records_app, name="records")
 app.command("import")(import_command)
 app.add_typer(auth_app, name="auth")
+app.add_typer(connect_link_app, name="connect-link")
 app.add_typer(simulator_app, name="simulator")
 
 

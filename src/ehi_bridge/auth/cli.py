@@ -116,3 +116,40 @@ def user_disable(username: str = typer.Argument(...)) -> None:
 
     _run(lambda session: service.disable_user(session, username))
     typer.echo(f"disabled user {username}")
+
+
+connect_link_app = typer.Typer(
+    no_args_is_help=True, help="Signed links to the patient connect page."
+)
+
+
+@connect_link_app.command("create")
+def connect_link_create(
+    external_id: str = typer.Option(
+        ..., "--external-id", help="Your user id for the patient who will connect."
+    ),
+    ttl_hours: int = typer.Option(24, "--ttl-hours", min=1, max=168, help="Hours it stays valid."),
+) -> None:
+    """Print a connect-page link for one patient (needs EHI_CONNECT_LINK_SECRET)."""
+    from ehi_bridge.auth import service
+    from ehi_bridge.auth.connect_links import ConnectLinkError, make_connect_link
+    from ehi_bridge.config import Settings
+
+    external_id = external_id.strip()
+    if not external_id or len(external_id) > 255:
+        typer.echo("error: --external-id must be 1-255 characters", err=True)
+        raise typer.Exit(code=2)
+    try:
+        link = make_connect_link(Settings(), external_id, ttl=ttl_hours * 3600)
+    except ConnectLinkError:
+        typer.echo(
+            "error: EHI_CONNECT_LINK_SECRET is not set: connect links cannot be made", err=True
+        )
+        raise typer.Exit(code=1) from None
+    _run(
+        lambda session: service.record_audit(
+            session, "cli", "connect_link.create", "external_id", external_id, "cli"
+        )
+    )
+    typer.echo(f"valid for {ttl_hours} hours; send it to the patient:", err=True)
+    typer.echo(link)
