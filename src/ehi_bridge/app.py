@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from ehi_bridge.api import docs
 from ehi_bridge.api.endpoints import router as api_router
 from ehi_bridge.config import Settings
 from ehi_bridge.connect.endpoints import router as connect_router
@@ -15,10 +16,13 @@ from ehi_bridge.ops.endpoints import router as ops_router
 
 def create_api(settings: Settings, db: Database) -> FastAPI:
     """The FastAPI part (API, dashboard, connect page, operations)."""
-    api = FastAPI(title="ehi-bridge", version="0.1.0")
+    # /docs and /redoc come from docs.router with assets served here, not from a CDN.
+    api = FastAPI(title="ehi-bridge", version="0.1.0", docs_url=None, redoc_url=None)
     api.state.ctx = AppContext(settings=settings, db=db)
     api.include_router(ops_router)
     api.include_router(api_router)
     api.include_router(dashboard_router)
     api.include_router(connect_router)
+    api.include_router(docs.router)
+    api.mount(docs.STATIC_PATH, docs.static_files(), name="docs-static")
     return api
