@@ -256,6 +256,51 @@ def stats(json_output: bool = typer.Option(False, "--json", help="Print JSON."))
 
 
 @app.command()
+def backup(
+    out: Path = typer.Option(..., "--out", help="A new folder for the backup."),
+) -> None:
+    """Copy every SQLite database file (app and DBOS) as one consistent online snapshot
+    each, safe while the service runs. PostgreSQL: use pg_dump (docs/operations.md)."""
+    from ehi_bridge.config import Settings
+    from ehi_bridge.ops import backup as backups
+
+    settings = Settings()
+    try:
+        files = backups.database_files(
+            settings.resolved_database_url, settings.resolved_dbos_database_url
+        )
+        manifest = backups.backup(files, out)
+    except backups.BackupError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    entries: Any = manifest["files"]
+    for entry in entries:
+        typer.echo(f"{entry['role']:<5} {out / entry['file']}  {entry['bytes']} bytes")
+
+
+@app.command()
+def restore(
+    folder: Path = typer.Argument(..., help="A folder written by `ehi-bridge backup`."),
+) -> None:
+    """Put a backup in place of the configured SQLite databases, which must not exist yet
+    (restore into a fresh EHI_DATA_DIR, then start the service)."""
+    from ehi_bridge.config import Settings
+    from ehi_bridge.ops import backup as backups
+
+    settings = Settings()
+    try:
+        files = backups.database_files(
+            settings.resolved_database_url, settings.resolved_dbos_database_url
+        )
+        restored = backups.restore(folder, files)
+    except backups.BackupError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    for path in restored:
+        typer.echo(f"restored {path}")
+
+
+@app.command()
 def demo(
     port: int = typer.Option(8000, help="Port of the service."),
     data_dir: Path = typer.Option(Path("./data/demo"), help="Where the demo's SQLite lives."),
