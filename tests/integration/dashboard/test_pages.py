@@ -114,7 +114,12 @@ def test_connection_page_shows_everything_and_is_audited(dash: Dash) -> None:
     assert response.status_code == 200
     html = response.text
     assert "patient.connection_success" in html  # timeline
-    assert "malformed_lines" in html  # data-quality report
+    # The data-quality report as tables, never raw JSON.
+    assert (
+        "Counts that differ from Fasten&#39;s" in html or "Counts that differ from Fasten's" in html
+    )
+    assert "Lines not ingested (first ones)" in html and "malformed_json:" in html
+    assert "by_type" not in html and "VeryLongResourceTypeName" not in html
     assert "Observation" in html and ">2<" in html  # resources by type / reconciliation
     assert "lines not ingested" in html
     assert 'id="request-export"' in html
