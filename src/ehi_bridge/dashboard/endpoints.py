@@ -22,6 +22,7 @@ from ehi_bridge.connections.models import Connection
 from ehi_bridge.dashboard import repository as repo
 from ehi_bridge.dashboard import security
 from ehi_bridge.dashboard import service as svc
+from ehi_bridge.dashboard.fhir_text import platform_name
 from ehi_bridge.dashboard.security import DashboardSession
 from ehi_bridge.deps import AppContext, CtxDep, ReadSession, WriteSession
 from ehi_bridge.webhooks.models import InboxStatus
@@ -55,6 +56,7 @@ def _fmt_dt(value: datetime | None) -> str:
 
 
 templates.env.filters["dt"] = _fmt_dt
+templates.env.filters["platform"] = platform_name
 
 
 def render(
@@ -303,7 +305,7 @@ def connection_records(
         user,
         connection=connection,
         resource_type=type,
-        rows=[(r, svc.pretty_resource(r)) for r in rows],
+        rows=[(r, svc.pretty_resource(r), *svc.record_summary(r)) for r in rows],
         next_url=(
             f"/dashboard/connections/{connection.id}/records?"
             + urlencode({"type": type, "after": next_after})

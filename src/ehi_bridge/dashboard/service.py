@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from ehi_bridge.connections.models import Connection
 from ehi_bridge.dashboard import repository as repo
+from ehi_bridge.dashboard.fhir_text import describe, human_name
 from ehi_bridge.db.base import utcnow
 from ehi_bridge.deps import AppContext
 from ehi_bridge.exports.models import Export
@@ -202,6 +203,8 @@ class ConnectionPage:
     events: Sequence[InboxEvent]
     exports: list[ExportView]
     resources: list[tuple[str, int]]
+    patient_name: str = ""
+    patient_birth_date: str = ""
 
     @property
     def resources_total(self) -> int:
@@ -225,7 +228,36 @@ def connection_page(session: Session, connection: Connection) -> ConnectionPage:
             for e in exports
         ],
         resources=repo.resources_by_type(session, connection.id),
+        **_patient_facts(repo.patient_resource(session, connection.id)),
     )
+
+
+def _patient_facts(raw: bytes | None) -> dict[str, str]:
+    """Name and birth date of the stored Patient resource (an audited read)."""
+    if raw is None:
+        return {}
+    try:
+        resource = orjson.loads(raw)
+    except orjson.JSONDecodeError:  # larger than the preview: not worth a second read
+        return {}
+    if not isinstance(resource, dict):
+        return {}
+    birth = resource.get("birthDate")
+    return {
+        "patient_name": human_name(resource),
+        "patient_birth_date": birth if isinstance(birth, str) else "",
+    }
+
+
+def record_summary(row: repo.ResourceRow) -> tuple[str, str]:
+    """(display text, date) of a stored resource for the records list."""
+    if row.size > len(row.head):
+        return "", row.last_updated or ""
+    try:
+        text, date = describe(orjson.loads(row.head))
+    except orjson.JSONDecodeError:
+        return "", row.last_updated or ""
+    return text, date or row.last_updated or ""
 
 
 def pretty_resource(row: repo.ResourceRow) -> str:

@@ -207,8 +207,26 @@ def seed(db: Database, external_id: str = "patient-42", platform: str = "epic") 
         session.add_all([done, failed])
         session.flush()
         for rtype, body in (
-            ("Patient", {"resourceType": "Patient", "id": "p1", "name": [{"family": "Doe"}]}),
-            ("Observation", {"resourceType": "Observation", "id": "o1", "status": "final"}),
+            (
+                "Patient",
+                {
+                    "resourceType": "Patient",
+                    "id": "p1",
+                    "name": [{"family": "Doe"}],
+                    "birthDate": "1980-02-29",
+                },
+            ),
+            (
+                "Observation",
+                {
+                    "resourceType": "Observation",
+                    "id": "o1",
+                    "status": "final",
+                    "code": {"coding": [{"code": "8867-4", "display": "Heart rate"}]},
+                    "valueQuantity": {"value": 72, "unit": "/min"},
+                    "effectiveDateTime": "2024-05-01T10:00:00Z",
+                },
+            ),
             ("Observation", {"resourceType": "Observation", "id": "o2", "status": "final"}),
         ):
             raw = orjson.dumps(body)
