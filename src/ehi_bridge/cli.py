@@ -12,6 +12,7 @@ SQLAlchemy, FastAPI or DBOS). ``main`` turns errors into one line on stderr and 
 65    the input file is empty or not what the command reads
 69    the database cannot be reached or opened
 74    a file or folder cannot be read or written
+78    a setting (EHI_*) has an invalid value
 130   interrupted (Ctrl-C)
 ====  ===========================================================
 """
@@ -40,6 +41,7 @@ EXIT_FAILED = 1
 EXIT_DATA = 65
 EXIT_UNAVAILABLE = 69
 EXIT_IO = 74
+EXIT_CONFIG = 78
 EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
@@ -86,6 +88,12 @@ def describe_error(exc: BaseException) -> tuple[int, str]:
         return EXIT_FAILED, f"database error ({type(exc.orig).__name__}): {reason}"
     if sa_exc is not None and isinstance(exc, sa_exc.ArgumentError):
         return EXIT_UNAVAILABLE, f"invalid database URL: {_one_line(str(exc))}"
+    pydantic_core: Any = sys.modules.get("pydantic_core")
+    if pydantic_core is not None and isinstance(exc, pydantic_core.ValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        field = ".".join(str(part) for part in first.get("loc", ()))
+        name = f"EHI_{field.upper()}" if exc.title == "Settings" else field
+        return EXIT_CONFIG, f"invalid setting {name}: {first.get('msg', 'invalid value')}"
     if isinstance(exc, OSError) and exc.strerror:
         where = f": {exc.filename}" if exc.filename else ""
         return EXIT_IO, f"{exc.strerror}{where}"

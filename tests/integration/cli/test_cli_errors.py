@@ -99,3 +99,11 @@ def test_a_refused_import_creates_nothing(
     assert says in one_line(result.stderr)
     with db.read_session() as session:
         assert session.scalar(select(func.count()).select_from(Connection)) == 0
+
+
+def test_an_invalid_setting_is_named_without_its_value(tmp_path: Path) -> None:
+    result = ehi(tmp_path, "stats", EHI_LOG_JSON="secret-looking-value")
+    assert result.returncode == 78
+    line = one_line(result.stderr)
+    assert line.startswith("error: invalid setting EHI_LOG_JSON: ")
+    assert "secret-looking-value" not in result.stderr
