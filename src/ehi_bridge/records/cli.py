@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+if TYPE_CHECKING:
+    from ehi_bridge.config import Settings
 
 app = typer.Typer(no_args_is_help=True, help="Stored FHIR records.")
 
 EXIT_DATA = 65  # the input file is empty or not JSON (sysexits EX_DATAERR)
+
+
+def quiet_log_level(settings: Settings) -> str:
+    """One-shot commands report on stdout and keep stderr for problems: WARNING unless
+    EHI_LOG_LEVEL was set explicitly."""
+    return settings.log_level if "log_level" in settings.model_fields_set else "WARNING"
 
 
 def refuse_unreadable_input(file: Path) -> None:
@@ -65,7 +75,7 @@ def import_command(
 
     refuse_unreadable_input(file)
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_json)  # logs go to stderr
+    configure_logging(quiet_log_level(settings), settings.log_json)  # logs go to stderr
     url = settings.resolved_database_url
     ensure_schema(url)
     db = Database(url)
@@ -82,6 +92,7 @@ def import_command(
             TimeRemainingColumn(),
             console=console,
             transient=True,
+            disable=not console.is_terminal,  # no bar (nor its newline) in logs or pipes
         ) as bar:
             task = bar.add_task("ingesting", total=size)
             report = ingest_file(
@@ -153,7 +164,7 @@ def export_command(
     from ehi_bridge.records.repository import iter_raw
 
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_json)  # stdout may carry the NDJSON
+    configure_logging(quiet_log_level(settings), settings.log_json)  # stdout: the NDJSON
     url = settings.resolved_database_url
     ensure_schema(url)
     db = Database(url)

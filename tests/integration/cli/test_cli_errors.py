@@ -67,6 +67,20 @@ def test_export_to_a_missing_folder_is_one_line_exit_74(tmp_path: Path, database
         tmp_path, "import", str(SAMPLE), "--connection", "c-1", EHI_DATABASE_URL=database_url
     )
     assert imported.returncode == 0, imported.stderr
+    assert imported.stderr == ""  # no "INFO alembic… Context impl" line
+    written = tmp_path / "out.ndjson"
+    exported = ehi(
+        tmp_path,
+        "records",
+        "export",
+        "--connection",
+        "c-1",
+        "--out",
+        str(written),
+        EHI_DATABASE_URL=database_url,
+    )
+    assert exported.returncode == 0 and exported.stderr == ""
+    assert written.read_bytes().count(b"\n") == SAMPLE.read_bytes().count(b"\n")
     target = tmp_path / "missing" / "dir" / "x.ndjson"
     result = ehi(
         tmp_path,
