@@ -32,7 +32,6 @@ import contextlib
 import gc
 import marshal
 import os
-import signal
 import struct
 import sys
 from collections import Counter
@@ -199,7 +198,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    # Ctrl-C reaches the whole process group; the parent owns it and stops this process
-    # (end of stdin, a closed stdout or a kill), so no KeyboardInterrupt traceback here.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(main(sys.argv[1:]))
