@@ -55,14 +55,22 @@ def test_stats_on_a_missing_sqlite_file_creates_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "nothing-here").exists()
 
 
-def test_success_keeps_stderr_quiet(tmp_path: Path, database_url: str) -> None:
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """These checks do not depend on the backend: SQLite only, to keep the suite short."""
+    return f"sqlite:///{tmp_path / 'cli.sqlite3'}"
+
+
+def test_success_keeps_stderr_quiet(tmp_path: Path, sqlite_url: str) -> None:
+    database_url = sqlite_url
     for args in (["db", "upgrade"], ["stats", "--json"], ["exports", "list"]):
         result = ehi(tmp_path, *args, EHI_DATABASE_URL=database_url)
         assert result.returncode == 0, result.stderr
         assert result.stderr == "", args
 
 
-def test_export_to_a_missing_folder_is_one_line_exit_74(tmp_path: Path, database_url: str) -> None:
+def test_export_to_a_missing_folder_is_one_line_exit_74(tmp_path: Path, sqlite_url: str) -> None:
+    database_url = sqlite_url
     imported = ehi(
         tmp_path, "import", str(SAMPLE), "--connection", "c-1", EHI_DATABASE_URL=database_url
     )
