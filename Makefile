@@ -5,7 +5,7 @@ UV := $(VENV)/bin/uv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.synced
 
-.PHONY: help demo test lint typecheck migration clean
+.PHONY: help demo test lint typecheck migration docs clean
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
@@ -14,7 +14,7 @@ $(UV):
 	$(VENV)/bin/pip install -q --disable-pip-version-check uv==0.13.9
 
 $(STAMP): $(UV) uv.lock pyproject.toml
-	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync -q --frozen --extra dev
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync -q --frozen --compile-bytecode --extra dev
 	touch $(STAMP)
 
 demo: $(STAMP)  ## run ehi-bridge + the Fasten simulator with sample patients on SQLite
@@ -35,6 +35,9 @@ typecheck: $(STAMP)  ## mypy --strict
 
 migration: $(STAMP)  ## regenerate the initial migration from the models (pre-release only)
 	$(BIN)/python -m ehi_bridge.db.regenerate_migration
+
+docs: $(STAMP)  ## regenerate docs/configuration.md from the Settings class
+	$(BIN)/python -m ehi_bridge.config_reference
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,3 +1,3 @@
-from ehi_bridge.cli import app
+from ehi_bridge.cli import main
 
-app()
+main()

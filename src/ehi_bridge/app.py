@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
+from ehi_bridge.api import docs
 from ehi_bridge.api.endpoints import router as api_router
 from ehi_bridge.config import Settings
 from ehi_bridge.connect.endpoints import router as connect_router
@@ -19,7 +20,8 @@ from ehi_bridge.records.endpoints import router as records_router
 
 def create_api(settings: Settings, db: Database) -> FastAPI:
     """The FastAPI part (API, dashboard, connect page, operations)."""
-    api = FastAPI(title="ehi-bridge", version="0.1.0")
+    # /docs and /redoc come from docs.router with assets served here, not from a CDN.
+    api = FastAPI(title="ehi-bridge", version="0.1.0", docs_url=None, redoc_url=None)
     api.state.ctx = AppContext(settings=settings, db=db)
     api.include_router(ops_router)
     api.include_router(api_router)
@@ -28,4 +30,6 @@ def create_api(settings: Settings, db: Database) -> FastAPI:
     api.include_router(connect_router)
     api.add_exception_handler(RequestValidationError, validation_error)
     api.add_middleware(RequestGuard, ctx=api.state.ctx)
+    api.include_router(docs.router)
+    api.mount(docs.STATIC_PATH, docs.static_files(), name="docs-static")
     return api

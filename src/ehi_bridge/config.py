@@ -23,77 +23,150 @@ class Settings(BaseSettings):
     """Every knob of the service. Secrets are ``SecretStr`` so they never print."""
 
     model_config = SettingsConfigDict(
-        env_prefix="EHI_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="EHI_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        use_attribute_docstrings=True,
     )
 
     data_dir: Path = Path("./data")
+    """Folder of the SQLite database files (app and DBOS) and of downloads in progress."""
     database_url: str | None = None
-    dbos_database_url: str | None = Field(
-        default=None, description="DBOS system database; default: beside the app database"
-    )
-    executor_id: str = Field(
-        default="local", description="Stable and unique per process for DBOS recovery"
-    )
-    app_version: str = Field(default="", description="Pinned DBOS application version")
+    """`sqlite:///…` or `postgresql://…` (psycopg 3); unset: SQLite `ehi-bridge.sqlite3` in
+    `DATA_DIR`. The URL alone selects the backend.
+    """
+    dbos_database_url: str | None = None
+    """DBOS's system database (durable workflow state). Unset: on SQLite, a second file beside
+    the app database (`….dbos.sqlite3`); on PostgreSQL, the app database itself.
+    """
+    executor_id: str = "local"
+    """This process's DBOS executor id: stable across restarts of the same process and unique
+    among processes sharing a database, so a restarted process resumes exactly its own
+    unfinished workflows (docs/operations.md shows how to derive one per process).
+    """
+    app_version: str = ""
+    """DBOS application version. Unset: the package version, so workflows started by one
+    release are recovered only by the same release; pin it to recover across an upgrade.
+    """
 
     test_webhook_secrets: Annotated[list[SecretStr], NoDecode] = []
+    """Comma-separated `whsec_…` secrets of Fasten's test-mode webhooks; all verify, so list the
+    new one beside the old during a rotation. Unset: test-mode deliveries answer 503.
+    """
     live_webhook_secrets: Annotated[list[SecretStr], NoDecode] = []
+    """As `TEST_WEBHOOK_SECRETS`, for live mode."""
     test_public_id: str = ""
+    """Fasten test-mode public id (`public_test_…`), for API calls (export requests, status polls).
+    """
     test_private_key: SecretStr = SecretStr("")
+    """Fasten test-mode private key (`private_test_…`). Read at start-up: a new key takes a restart
+    of every process.
+    """
     live_public_id: str = ""
+    """Fasten live-mode public id."""
     live_private_key: SecretStr = SecretStr("")
+    """Fasten live-mode private key. Read at start-up: a new key takes a restart of every process.
+    """
     fasten_api_url: str = "https://api.connect.fastenhealth.com/v1"
+    """Fasten Connect's API (the simulator's URL in development)."""
     fasten_auth_scheme: Literal["basic", "bearer"] = "basic"
+    """How API calls authenticate: HTTP Basic with the public id and private key, or a bearer
+    token.
+    """
     download_allowed_hosts: Annotated[list[str], NoDecode] = []
+    """Comma-separated host names an export's download link may point at, besides
+    `FASTEN_API_URL`'s host (the storage host Fasten redirects to).
+    """
 
     webhook_max_body_bytes: int = 1024 * 1024
+    """Largest webhook body accepted, in bytes; a larger delivery answers 413."""
     webhook_tolerance_seconds: int = 300
-    webhook_max_json_depth: int = Field(
-        default=32, ge=2, le=200, description="Deeper webhook bodies are refused (400)"
-    )
+    """How far a webhook's signed timestamp may be from now (replay protection)."""
+    webhook_max_json_depth: int = Field(default=32, ge=2, le=200)
+    """Deepest nesting of a webhook body's JSON; a deeper delivery answers 400."""
     signature_failure_alert_threshold: int = 20
+    """Alert when this many webhook signatures fail within `SIGNATURE_FAILURE_ALERT_WINDOW_SECONDS`
+    (a wrong or rotated secret).
+    """
     signature_failure_alert_window_seconds: float = 60.0
+    """The window of `SIGNATURE_FAILURE_ALERT_THRESHOLD`."""
     event_max_attempts: int = 5
+    """Attempts to apply an event before it is parked for replay from the dashboard or API."""
     event_retry_interval_seconds: float = 1.0
-    apply_batch_size: int = Field(
-        default=256, ge=1, le=5000, description="Inbox events applied per transaction"
-    )
+    """First delay between attempts; it doubles after each failure."""
+    apply_batch_size: int = Field(default=256, ge=1, le=5000)
+    """Most inbox events applied in one transaction (on SQLite the applier steers its batches
+    to keep each write transaction near 10 ms, up to this size)."""
 
-    background_process: bool = Field(
-        default=True,
-        description="serve runs its background work in a child process (lower priority)",
-    )
-    fasten_requests_per_second: float = Field(
-        default=20.0, ge=0, description="Cap on export requests to Fasten per process (0: none)"
-    )
+    background_process: bool = True
+    """`serve` runs its background work in a child process of lower CPU priority (false: in the
+    web process)."""
+    fasten_requests_per_second: float = Field(default=20.0, ge=0)
+    """Pace of requests to Fasten's API from one process's background work (0: no pace), so a
+    large onboarding does not hammer Fasten."""
     fasten_request_concurrency: int = Field(default=8, ge=1)
+    """Requests to Fasten's API in flight at once, per process."""
     download_concurrency: int = Field(default=8, ge=1)
+    """Export downloads in flight at once, per process."""
     ingest_concurrency: int = Field(default=2, ge=1)
-    sweep_interval_seconds: float = Field(
-        default=5.0, gt=0, description="How often deadlines and stalls are checked"
-    )
-    export_stall_minutes: float = Field(
-        default=10, gt=0, description="An export our side has not moved for this long is alerted"
-    )
+    """Export ingests running at once, per process."""
+    sweep_interval_seconds: float = Field(default=5.0, gt=0)
+    """How often passed export deadlines and stalled exports are looked for."""
+    export_stall_minutes: float = Field(default=10, gt=0)
+    """An export our side has not moved for this long (not yet asked of Fasten, downloading,
+    ingesting) is alerted and counted in `/readyz` and `/metrics`."""
 
     auto_request_export: bool = True
+    """Request an export as soon as a `patient.connection_success` arrives."""
     export_deadline_minutes: float = 30
+    """An export not complete after this long is polled for its status, then marked `timed_out`
+    with an alert.
+    """
     export_deadline_minutes_by_platform: dict[str, float] = {"epic": 60}
+    """Per-platform deadlines (JSON object of platform type to minutes) overriding
+    `EXPORT_DEADLINE_MINUTES`.
+    """
     export_file_lifetime_hours: int = 24
+    """How long Fasten keeps an export's download link valid after it completes."""
     rerequest_expired_exports: bool = True
+    """Request a fresh export when the download link of a completed one has expired before it was
+    downloaded.
+    """
     revoked_records: Literal["keep", "purge"] = "keep"
-    # Bytes of a rejected line kept in the quarantine; longer lines are cut (and marked).
+    """What happens to stored records when a patient revokes the authorization: keep them, or purge
+    them.
+    """
     quarantine_max_bytes: int = Field(default=1024 * 1024, ge=0)
+    """Bytes of a rejected line kept in the quarantine; longer lines are cut and marked
+    `truncated`."""
 
     alert_slack_webhook_url: SecretStr | None = None
+    """Slack incoming-webhook URL for alerts (every alert is also logged)."""
     alert_http_url: str | None = None
+    """An HTTP endpoint that receives alerts as signed JSON POSTs."""
     alert_http_secret: SecretStr | None = None
+    """The secret that signs alerts sent to `ALERT_HTTP_URL` (Standard Webhooks scheme)."""
     downstream_url: str | None = None
+    """Your application's endpoint for signed `records.ingested` notifications."""
     downstream_secret: SecretStr | None = None
+    """The secret that signs notifications sent to `DOWNSTREAM_URL`."""
 
-    session_secret: SecretStr | None = None
-    connect_link_secret: SecretStr | None = None
+    session_secret: Annotated[list[SecretStr], NoDecode] = []
+    """Signs dashboard sessions; comma-separated to rotate: the first signs, all verify (add
+    the new secret in front, drop the old one once sessions signed with it have expired,
+    12 hours). Unset: a secret generated once and stored in the database, shared by every
+    process and host on that database.
+    """
+    connect_link_secret: Annotated[list[SecretStr], NoDecode] = []
+    """Signs the connect page's links (`/connect?token=…`); comma-separated to rotate: the
+    first signs, all verify (drop the old one once its links have expired). Unset: connect
+    links cannot be made.
+    """
     public_base_url: str = "http://127.0.0.1:8000"
+    """The URL patients and browsers reach this service at: connect links are built on it, and an
+    `https://` value makes cookies `Secure`.
+    """
     stitch_js_url: str = Field(
         default="https://cdn.fastenhealth.com/connect/v4/fasten-stitch.js",
         description="Where the connect page loads Fasten's widget (the simulator's /stitch.js)",
@@ -134,13 +207,26 @@ class Settings(BaseSettings):
     )
 
     log_json: bool = False
+    """Structured JSON logs (one object a line) instead of console lines."""
     log_level: str = "INFO"
+    """`DEBUG`, `INFO`, `WARNING` or `ERROR`. Logs carry ids, counts and statuses, never bodies,
+    URLs, secrets or records.
+    """
 
     @field_validator(
-        "test_webhook_secrets", "live_webhook_secrets", "download_allowed_hosts", mode="before"
+        "test_webhook_secrets",
+        "live_webhook_secrets",
+        "download_allowed_hosts",
+        "session_secret",
+        "connect_link_secret",
+        mode="before",
     )
     @classmethod
     def _csv(cls, value: object) -> object:
+        if value is None:
+            return []
+        if isinstance(value, SecretStr):  # one secret given in code
+            return [value]
         return _split_csv(value)
 
     @cached_property
@@ -161,6 +247,14 @@ class Settings(BaseSettings):
     def webhook_secrets(self, mode: Mode) -> list[str]:
         secrets = self.test_webhook_secrets if mode == "test" else self.live_webhook_secrets
         return [s.get_secret_value() for s in secrets]
+
+    def session_secrets(self) -> list[str]:
+        """Configured session secrets, the signing one first (empty: use the stored one)."""
+        return [s.get_secret_value() for s in self.session_secret if s.get_secret_value()]
+
+    def connect_link_secrets(self) -> list[str]:
+        """Configured connect-link secrets, the signing one first."""
+        return [s.get_secret_value() for s in self.connect_link_secret if s.get_secret_value()]
 
     def credentials(self, mode: Mode) -> tuple[str, str]:
         if mode == "test":

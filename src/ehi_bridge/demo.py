@@ -8,7 +8,10 @@ and ingests them. Nothing to install or configure; Ctrl-C stops both.
 from __future__ import annotations
 
 import base64
+import contextlib
 import secrets
+import shutil
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from pydantic import SecretStr
 from rich.console import Console
 from sqlalchemy import select
 
+from ehi_bridge.auth.connect_links import make_connect_link
 from ehi_bridge.auth.service import create_api_token, create_user
 from ehi_bridge.config import Settings
 from ehi_bridge.db.migrate import ensure_schema
@@ -42,6 +46,20 @@ class DemoAccess:
     api_token: str
 
 
+def cli_path() -> str:
+    """How to run ``ehi-bridge`` from here: its bare name when the shell finds this very
+    script on the PATH, else its path (``.venv/bin/ehi-bridge`` after ``make demo``)."""
+    script = Path(sys.executable).with_name("ehi-bridge")
+    if not script.exists():
+        return f"{sys.executable} -m ehi_bridge"
+    found = shutil.which("ehi-bridge")
+    if found is not None and Path(found).resolve() == script.resolve():
+        return "ehi-bridge"
+    with contextlib.suppress(ValueError):
+        return str(script.absolute().relative_to(Path.cwd()))
+    return str(script.absolute())
+
+
 def _secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
@@ -57,8 +75,8 @@ def _settings(data_dir: Path, port: int, sim: SimulatorServer, test_secret: str)
         test_private_key=SecretStr(mode.private_key),
         fasten_api_url=sim.fasten_api_url,
         stitch_js_url=sim.stitch_js_url,
-        session_secret=SecretStr(secrets.token_urlsafe(32)),
-        connect_link_secret=SecretStr(secrets.token_urlsafe(32)),
+        session_secret=[SecretStr(secrets.token_urlsafe(32))],
+        connect_link_secret=[SecretStr(secrets.token_urlsafe(32))],
         public_base_url=f"http://127.0.0.1:{port}",
         log_level="WARNING",
     )
@@ -155,8 +173,10 @@ def run_demo(
                 f"  API        curl -H 'Authorization: Bearer {token}' {base}/api/connections"
             )
             console.print(f"  OpenAPI    {base}/docs")
+            link = make_connect_link(settings, "demo-user-new", ttl=24 * 3600)
+            console.print(f"  connect    {link}")
             console.print(
-                f"  stats      EHI_DATABASE_URL={settings.resolved_database_url} ehi-bridge stats"
+                f"  stats      EHI_DATABASE_URL={settings.resolved_database_url} {cli_path()} stats"
             )
             if exit_when_done:
                 server.should_exit = True

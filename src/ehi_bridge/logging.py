@@ -53,3 +53,6 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
     # uvicorn's access log prints full paths (query strings may carry tokens): keep it off.
     logging.getLogger("uvicorn.access").disabled = True
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Alembic says "Context impl SQLiteImpl." on every connection: stderr stays quiet on
+    # success (`ehi-bridge db upgrade` says what it did).
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -13,7 +14,7 @@ from sqlalchemy import func, select
 from ehi_bridge.db.engine import Database
 from ehi_bridge.exports.models import Export
 from ehi_bridge.records.models import Resource
-from tests.support import ehi_command, free_port
+from tests.support import REPO_ROOT, ehi_command, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -40,11 +41,16 @@ def test_demo_lands_records_and_exits(tmp_path: Path) -> None:
 
 
 def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal signals the whole process group (the parser process too):
+    everything stops with no traceback. The hints name runnable commands and the connect
+    page."""
     proc = subprocess.Popen(
         ehi_command("demo", "--port", str(free_port()), "--data-dir", str(tmp_path / "demo")),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        cwd=REPO_ROOT,
+        start_new_session=True,
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 240
@@ -57,5 +63,12 @@ def test_demo_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     else:
         proc.kill()
         raise AssertionError("".join(lines))
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=30) == 0
+    output = "".join(lines) + proc.stdout.read()
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    connect = next(line for line in lines if line.strip().startswith("connect "))
+    assert "/connect?token=" in connect
+    stats = next(line for line in lines if line.strip().startswith("stats "))
+    command = stats.split()[-2]
+    assert command == "ehi-bridge" or (REPO_ROOT / command).is_file(), stats

@@ -8,7 +8,7 @@ patient records (resources, their export, an event's body) write an audit row fi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -20,6 +20,8 @@ from ehi_bridge.api.schemas import (
     ConnectionDetail,
     ConnectionOut,
     ConnectionPage,
+    ConnectLinkOut,
+    ConnectLinkRequest,
     EventDetail,
     EventOut,
     EventPage,
@@ -36,7 +38,7 @@ from ehi_bridge.api.schemas import (
     UserDetail,
     WidgetComplete,
 )
-from ehi_bridge.auth.connect_links import read_connect_token
+from ehi_bridge.auth.connect_links import ConnectLinkError, make_connect_link, read_connect_token
 from ehi_bridge.auth.dependencies import ApiActor, OptionalApiActor, require_api_token, unauthorized
 from ehi_bridge.auth.service import Actor, record_audit
 from ehi_bridge.config import Mode
@@ -207,6 +209,37 @@ def get_user(session: ReadSession, external_id: PathIdent) -> UserDetail:
         connections=[ConnectionOut.model_validate(c) for c in connections],
         exports=[ExportOut.model_validate(e) for e in repo.exports_for(session, ids)],
         resource_counts=records.count_by_type(session, ids),
+    )
+
+
+# --- connect links ----------------------------------------------------------------------------
+
+
+@authed.post(
+    "/connect-links",
+    response_model=ConnectLinkOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        **ERRORS,
+        503: {"model": Problem, "description": "EHI_CONNECT_LINK_SECRET is not set"},
+    },
+    summary="A signed, expiring connect-page link for one of your users (audited)",
+)
+def create_connect_link(
+    body: ConnectLinkRequest, ctx: CtxDep, actor: ApiActor, request: Request
+) -> ConnectLinkOut:
+    ttl = body.ttl_hours * 3600
+    issued = datetime.now(UTC)
+    try:
+        url = make_connect_link(ctx.settings, body.external_id, ttl=ttl)
+    except ConnectLinkError as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="EHI_CONNECT_LINK_SECRET is not set: connect links cannot be made",
+        ) from exc
+    _audit(ctx.db, actor, "connect_link.create", "external_id", body.external_id, request)
+    return ConnectLinkOut(
+        external_id=body.external_id, url=url, expires_at=issued + timedelta(seconds=ttl)
     )
 
 

@@ -199,3 +199,14 @@ class WidgetComplete(BaseModel):
 
 class Problem(BaseModel):
     detail: str
+
+
+class ConnectLinkRequest(BaseModel):
+    external_id: Ident = Field(description="Your user id for the patient who will connect")
+    ttl_hours: int = Field(default=24, ge=1, le=168, description="Hours the link stays valid")
+
+
+class ConnectLinkOut(BaseModel):
+    external_id: str
+    url: str = Field(description="The connect page with a signed token; send it to the patient")
+    expires_at: datetime

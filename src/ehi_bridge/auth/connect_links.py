@@ -4,6 +4,7 @@ and let that page report ``widget.complete`` without an API token."""
 from __future__ import annotations
 
 import time
+from urllib.parse import urlencode
 
 from itsdangerous import BadSignature, URLSafeSerializer
 
@@ -17,12 +18,11 @@ class ConnectLinkError(Exception):
 
 
 def _serializer(settings: Settings) -> URLSafeSerializer | None:
-    if settings.connect_link_secret is None:
+    secrets = settings.connect_link_secrets()
+    if not secrets:
         return None
-    secret = settings.connect_link_secret.get_secret_value()
-    if not secret:
-        return None
-    return URLSafeSerializer(secret, salt=_SALT)
+    # itsdangerous signs with the last key and verifies with all: ours lists the signer first.
+    return URLSafeSerializer(list(reversed(secrets)), salt=_SALT)
 
 
 def make_connect_token(
@@ -54,3 +54,9 @@ def read_connect_token(settings: Settings, token: str, *, now: float | None = No
     if current >= expires:
         return None
     return external_id
+
+
+def make_connect_link(settings: Settings, external_id: str, ttl: int) -> str:
+    """The connect page's URL (under ``public_base_url``) carrying a token for ``external_id``."""
+    token = make_connect_token(settings, external_id, ttl)
+    return f"{settings.public_base_url.rstrip('/')}/connect?{urlencode({'token': token})}"

@@ -10,6 +10,17 @@ from sqlalchemy.orm import Mapped, mapped_column
 from ehi_bridge.db.base import Base, BigIntPK, UTCDateTime
 
 
+class InstanceSecret(Base):
+    """A secret this installation generated for itself, once, for every process and host on
+    the database (the dashboard's session secret when ``EHI_SESSION_SECRET`` is unset)."""
+
+    __tablename__ = "instance_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class ApiToken(Base):
     __tablename__ = "api_tokens"
 

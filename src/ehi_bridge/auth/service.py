@@ -19,9 +19,16 @@ from datetime import datetime, timedelta
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from ehi_bridge.auth.models import ApiToken, AuditLog, DashboardUser, LoginSession
+from ehi_bridge.auth.models import (
+    ApiToken,
+    AuditLog,
+    DashboardUser,
+    InstanceSecret,
+    LoginSession,
+)
 from ehi_bridge.db.base import utcnow
 
 ISSUED_PREFIX = "ehib_"  # marks our API tokens in logs/scanners
@@ -52,14 +59,42 @@ def hash_token(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
 
 
+# --- secrets this installation generates for itself --------------------------------------
+
+
+def instance_secret(session: Session, name: str) -> str:
+    """The stored secret ``name``, generated on first use. Every process and host on the
+    database gets the same one: concurrent first uses race on the primary key, and the loser
+    reads the winner's."""
+    stored = session.get(InstanceSecret, name)
+    if stored is not None:
+        return stored.value
+    try:
+        with session.begin_nested():
+            session.add(
+                InstanceSecret(name=name, value=secrets.token_urlsafe(48), created_at=utcnow())
+            )
+    except IntegrityError:
+        pass
+    value = session.scalars(select(InstanceSecret.value).where(InstanceSecret.name == name)).one()
+    return value
+
+
 # --- API tokens ---------------------------------------------------------------------------
 
 
 def create_api_token(session: Session, name: str) -> tuple[ApiToken, str]:
-    """A new token named ``name``; the plaintext is returned once and never stored."""
+    """A new token named ``name``; the plaintext is returned once and never stored.
+
+    Names identify tokens in lists and audit rows, so two unrevoked tokens never share one."""
     name = name.strip()
     if not name or len(name) > 128:
         raise AuthError("token name must be 1-128 characters")
+    taken = session.scalars(
+        select(ApiToken.id).where(ApiToken.name == name, ApiToken.revoked_at.is_(None))
+    ).first()
+    if taken is not None:
+        raise AuthError(f"a token named {name!r} already exists (id {taken}); revoke it first")
     plaintext = ISSUED_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken(name=name, token_hash=hash_token(plaintext), created_at=utcnow())
     session.add(token)
@@ -124,15 +159,22 @@ def _clean_username(username: str) -> str:
     return username
 
 
-def create_user(session: Session, username: str, password: str) -> DashboardUser:
+def check_new_username(session: Session, username: str) -> str:
+    """The cleaned ``username`` if a user may be created with it; ``AuthError`` otherwise
+    (the CLI asks this before prompting for a password)."""
     username = _clean_username(username)
-    if len(password) < 8:
-        raise AuthError("password must be at least 8 characters")
     exists = session.scalars(
         select(DashboardUser.id).where(DashboardUser.username == username)
     ).first()
     if exists is not None:
         raise AuthError(f"user {username!r} already exists")
+    return username
+
+
+def create_user(session: Session, username: str, password: str) -> DashboardUser:
+    username = check_new_username(session, username)
+    if len(password) < 8:
+        raise AuthError("password must be at least 8 characters")
     user = DashboardUser(
         username=username, password_hash=_hasher.hash(password), created_at=utcnow()
     )

@@ -27,6 +27,7 @@ from ehi_bridge.connections.models import Connection
 from ehi_bridge.dashboard import repository as repo
 from ehi_bridge.dashboard import security
 from ehi_bridge.dashboard import service as svc
+from ehi_bridge.dashboard.fhir_text import platform_name
 from ehi_bridge.dashboard.security import DashboardSession
 from ehi_bridge.deps import AppContext, CtxDep, ReadSession, WriteSession
 from ehi_bridge.webhooks.models import InboxStatus
@@ -63,6 +64,7 @@ def _fmt_dt(value: datetime | None) -> str:
 
 
 templates.env.filters["dt"] = _fmt_dt
+templates.env.filters["platform"] = platform_name
 
 
 def render(
@@ -324,7 +326,7 @@ def connection_records(
         user,
         connection=connection,
         resource_type=type,
-        rows=[(r, svc.pretty_resource(r)) for r in rows],
+        rows=[(r, svc.pretty_resource(r), *svc.record_summary(r)) for r in rows],
         next_url=(
             f"/dashboard/connections/{connection.id}/records?"
             + urlencode({"type": type, "after": next_after})
@@ -495,13 +497,11 @@ def connect_link_create(
     ttl_hours: Annotated[int, Form(ge=1, le=168)] = 24,
 ) -> Response:
     """A signed link for the patient ``external_id`` to open the connect page."""
-    from ehi_bridge.auth.connect_links import ConnectLinkError, make_connect_token
+    from ehi_bridge.auth.connect_links import ConnectLinkError, make_connect_link
 
     link = error = None
     try:
-        token = make_connect_token(ctx.settings, external_id.strip(), ttl=ttl_hours * 3600)
-        base = ctx.settings.public_base_url.rstrip("/")
-        link = f"{base}/connect?{urlencode({'token': token})}"
+        link = make_connect_link(ctx.settings, external_id.strip(), ttl=ttl_hours * 3600)
         _audit(
             ctx, user, "dashboard.connect_link.create", "external_id", external_id.strip(), request
         )

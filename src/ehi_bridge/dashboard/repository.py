@@ -272,6 +272,18 @@ def resources_by_type(session: Session, connection_id: str) -> list[tuple[str, i
     return [(str(t), int(n)) for t, n in rows]
 
 
+def patient_resource(session: Session, connection_id: str) -> bytes | None:
+    """The connection's first stored Patient resource, up to ``RAW_PREVIEW_BYTES`` (the
+    caller audits the read first)."""
+    raw = session.scalar(
+        select(func.substr(Resource.raw, 1, RAW_PREVIEW_BYTES))
+        .where(Resource.connection_id == connection_id, Resource.resource_type == "Patient")
+        .order_by(Resource.id)
+        .limit(1)
+    )
+    return bytes(raw) if raw is not None else None
+
+
 def ingest_error_counts(session: Session, export_ids: Sequence[int]) -> dict[int, int]:
     """``ix_ingest_errors_export_id``."""
     if not export_ids:

@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import HTTPException, Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from ehi_bridge.auth.service import instance_secret
 from ehi_bridge.deps import AppContext
 
 log = logging.getLogger(__name__)
@@ -48,25 +49,26 @@ class DashboardSession:
     csrf_token: str
 
 
-def session_secret(ctx: AppContext) -> str:
-    """The configured secret, or one generated for this process (sessions end on restart)."""
-    configured = ctx.settings.session_secret
-    if configured is not None and configured.get_secret_value():
-        return configured.get_secret_value()
+def session_secrets(ctx: AppContext) -> list[str]:
+    """The secrets that verify sessions, the signing one first: ``EHI_SESSION_SECRET``, or
+    the one generated once and stored in the database (the same in every process and on
+    every host), so ``serve --workers N`` and several hosts agree without configuration."""
+    configured = ctx.settings.session_secrets()
+    if configured:
+        return configured
     with _lock:
         secret = ctx.extras.get(_SECRET_KEY)
         if secret is None:
-            log.warning(
-                "EHI_SESSION_SECRET is not set: generated a per-process secret; "
-                "dashboard sessions end when the process restarts"
-            )
-            secret = secrets.token_urlsafe(32)
+            with ctx.db.session() as session:
+                secret = instance_secret(session, "dashboard_session")
             ctx.extras[_SECRET_KEY] = secret
-        return str(secret)
+            log.info("dashboard sessions signed with the secret stored in the database")
+        return [str(secret)]
 
 
 def _serializer(ctx: AppContext, salt: str) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(session_secret(ctx), salt=salt)
+    # itsdangerous signs with the last key and verifies with all: ours lists the signer first.
+    return URLSafeTimedSerializer(list(reversed(session_secrets(ctx))), salt=salt)
 
 
 def _secure(request: Request, ctx: AppContext) -> bool:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from ehi_bridge.connections.models import Connection
 from ehi_bridge.dashboard import repository as repo
+from ehi_bridge.dashboard.fhir_text import describe, human_name
 from ehi_bridge.db.base import utcnow
 from ehi_bridge.deps import AppContext
 from ehi_bridge.exports.models import Export
@@ -99,7 +100,7 @@ class ExportView:
     export: Export
     ingest_errors: int
     reconciliation: list[tuple[str, int | None, int | None]]
-    report_items: list[tuple[str, str]]
+    report: ReportView
     retryable: bool
 
 
@@ -115,19 +116,86 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def _report_items(report: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """The data-quality report flattened to (key, value) lines; values are counts and
-    resource types produced by the ingester, never resource contents."""
+REPORT_FACTS = (
+    ("status", "status"),
+    ("lines", "lines read"),
+    ("resources", "resources"),
+    ("inserted", "new"),
+    ("updated", "changed"),
+    ("unchanged", "unchanged"),
+    ("duplicates", "repeated in the file"),
+    ("errors", "lines not ingested"),
+    ("expected_total", "Fasten's total"),
+    ("bytes_read", "bytes read"),
+    ("seconds", "seconds"),
+)
+# Shown elsewhere on the page (ids; per-type counts in the reconciliation table) or internal.
+REPORT_SKIPPED = frozenset(
+    {"connection_id", "export_id", "by_type", "expected_by_type", "parser_peak_rss_kib"}
+)
+
+
+@dataclass
+class ReportView:
+    """The ingester's data-quality report as small tables. Values are counts, resource types
+    and line numbers with the parser's reason, never resource contents."""
+
+    facts: list[tuple[str, str]] = field(default_factory=list)
+    tables: list[tuple[str, list[str], list[list[str]]]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.facts or self.tables)
+
+
+def _cell(value: Any) -> str:
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
+def _report_view(report: dict[str, Any] | None) -> ReportView:
+    view = ReportView()
     if not report:
-        return []
-    items: list[tuple[str, str]] = []
-    for key, value in report.items():
-        if isinstance(value, dict | list):
-            text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+        return view
+    labels = dict(REPORT_FACTS)
+    known = [key for key, _ in REPORT_FACTS if report.get(key) is not None]
+    view.facts = [(labels[key], _cell(report[key])) for key in known]
+    duplicates = report.get("duplicates_by_type")
+    if isinstance(duplicates, dict) and duplicates:
+        rows = [[str(t), _cell(n)] for t, n in sorted(duplicates.items())]
+        view.tables.append(("Repeated in the file, by type", ["type", "lines"], rows))
+    mismatches = report.get("mismatches")
+    if isinstance(mismatches, list) and mismatches:
+        rows = [
+            [
+                str(m.get("resource_type") or "(total)"),
+                _cell(m.get("expected")),
+                _cell(m.get("ingested")),
+            ]
+            for m in mismatches
+            if isinstance(m, dict)
+        ]
+        view.tables.append(
+            ("Counts that differ from Fasten's", ["type", "Fasten", "ingested"], rows)
+        )
+    samples = report.get("error_samples")
+    if isinstance(samples, list) and samples:
+        rows = [
+            [_cell(e.get("line")), _cell(e.get("reason"))] for e in samples if isinstance(e, dict)
+        ]
+        view.tables.append(("Lines not ingested (first ones)", ["line", "reason"], rows))
+    handled = {key for key, _ in REPORT_FACTS} | REPORT_SKIPPED
+    handled |= {"duplicates_by_type", "mismatches", "error_samples"}
+    for key, value in sorted(report.items()):  # anything a newer ingester adds
+        if key in handled or value is None:
+            continue
+        if isinstance(value, dict):
+            rows = [[str(k), _cell(v)] for k, v in sorted(value.items())]
+            view.tables.append((str(key).replace("_", " "), ["key", "value"], rows))
+        elif isinstance(value, list):
+            view.facts.append((str(key).replace("_", " "), ", ".join(_cell(v) for v in value)))
         else:
-            text = str(value)
-        items.append((str(key), text if len(text) <= 400 else text[:400] + "…"))
-    return items
+            view.facts.append((str(key).replace("_", " "), _cell(value)))
+    return view
 
 
 @dataclass
@@ -139,6 +207,8 @@ class ConnectionPage:
     runs: Sequence[IngestRun] = ()
     quarantine_counts: dict[str, int] = field(default_factory=dict)
     quarantine: Sequence[IngestError] = ()
+    patient_name: str = ""
+    patient_birth_date: str = ""
 
     @property
     def resources_total(self) -> int:
@@ -156,7 +226,7 @@ def connection_page(session: Session, connection: Connection) -> ConnectionPage:
                 export=e,
                 ingest_errors=errors.get(e.id, 0),
                 reconciliation=_reconciliation(e),
-                report_items=_report_items(e.report),
+                report=_report_view(e.report),
                 retryable=e.status in repo.EXPORT_RETRYABLE,
             )
             for e in exports
@@ -165,7 +235,36 @@ def connection_page(session: Session, connection: Connection) -> ConnectionPage:
         runs=quarantine.list_runs(session, connection.id, 10),
         quarantine_counts=quarantine.count_errors(session, connection.id),
         quarantine=quarantine.list_errors(session, connection.id, limit=50),
+        **_patient_facts(repo.patient_resource(session, connection.id)),
     )
+
+
+def _patient_facts(raw: bytes | None) -> dict[str, str]:
+    """Name and birth date of the stored Patient resource (an audited read)."""
+    if raw is None:
+        return {}
+    try:
+        resource = orjson.loads(raw)
+    except orjson.JSONDecodeError:  # larger than the preview: not worth a second read
+        return {}
+    if not isinstance(resource, dict):
+        return {}
+    birth = resource.get("birthDate")
+    return {
+        "patient_name": human_name(resource),
+        "patient_birth_date": birth if isinstance(birth, str) else "",
+    }
+
+
+def record_summary(row: repo.ResourceRow) -> tuple[str, str]:
+    """(display text, date) of a stored resource for the records list."""
+    if row.size > len(row.head):
+        return "", row.last_updated or ""
+    try:
+        text, date = describe(orjson.loads(row.head))
+    except orjson.JSONDecodeError:
+        return "", row.last_updated or ""
+    return text, date or row.last_updated or ""
 
 
 def pretty_resource(row: repo.ResourceRow) -> str:

@@ -11,19 +11,10 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from ehi_bridge.db.urls import is_sqlite, normalize_url
 from ehi_bridge.db.write_gate import WriteGate
 
-
-def normalize_url(url: str) -> str:
-    """Use psycopg 3 for ``postgresql://`` URLs (SQLAlchemy would pick psycopg2)."""
-    parsed = make_url(url)
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return parsed.render_as_string(hide_password=False)
-
-
-def is_sqlite(url: str) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
+__all__ = ["Database", "is_sqlite", "make_engine", "normalize_url", "sqlite_wal_database"]
 
 
 def sqlite_wal_database(dbapi_connection: Any) -> str | None:

@@ -7,27 +7,30 @@ process on the same database) picks it up and asks Fasten.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from ehi_bridge.config import Settings
-from ehi_bridge.db.engine import Database
-from ehi_bridge.db.migrate import ensure_schema
-from ehi_bridge.exports import repository, service
-from ehi_bridge.exports.models import Export
+if TYPE_CHECKING:
+    from ehi_bridge.db.engine import Database
+    from ehi_bridge.exports.models import Export
 
 app = typer.Typer(no_args_is_help=True, help="Request, retry and list EHI exports.")
 
 
 def _db() -> Database:
+    from ehi_bridge.config import Settings
+    from ehi_bridge.db.engine import Database
+    from ehi_bridge.db.migrate import ensure_schema
+
     settings = Settings()
     ensure_schema(settings.resolved_database_url)
     return Database(settings.resolved_database_url)
 
 
 def _request(action: str, run: Callable[[], Export]) -> None:
+    from ehi_bridge.exports import service
+
     try:
         export = run()
     except LookupError as exc:
@@ -44,6 +47,8 @@ def request(
     connection: str = typer.Argument(..., help="Our connection id or org_connection_id."),
 ) -> None:
     """Ask Fasten for a new export of an authorized connection."""
+    from ehi_bridge.exports import service
+
     db = _db()
     try:
         _request("request", lambda: service.request_export(db, connection, trigger="manual"))
@@ -54,6 +59,8 @@ def request(
 @app.command("retry")
 def retry(export_id: int = typer.Argument(..., help="The export to retry.")) -> None:
     """Request a fresh export for the connection of a failed/expired/timed-out export."""
+    from ehi_bridge.exports import service
+
     db = _db()
     try:
         _request("retry", lambda: service.retry_export(db, export_id))
@@ -67,6 +74,11 @@ def list_exports(
     limit: int = typer.Option(50, min=1, max=1000),
 ) -> None:
     """The most recent exports."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ehi_bridge.exports import repository
+
     db = _db()
     try:
         with db.read_session() as session:

@@ -4,10 +4,43 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
+if TYPE_CHECKING:
+    from ehi_bridge.config import Settings
+
 app = typer.Typer(no_args_is_help=True, help="Stored FHIR records.")
+
+EXIT_DATA = 65  # the input file is empty or not JSON (sysexits EX_DATAERR)
+
+
+def quiet_log_level(settings: Settings) -> str:
+    """One-shot commands report on stdout and keep stderr for problems: WARNING unless
+    EHI_LOG_LEVEL was set explicitly."""
+    return settings.log_level if "log_level" in settings.model_fields_set else "WARNING"
+
+
+def refuse_unreadable_input(file: Path) -> None:
+    """Exit with one line before anything is written when ``file`` cannot be an export:
+    empty (or only whitespace), or not starting with a JSON object (NDJSON lines and a
+    Bundle both do)."""
+    with file.open("rb") as f:
+        head = f.read(64 * 1024)
+        while head and not head.strip():
+            head = f.read(64 * 1024)
+    first = head.lstrip()[:1]
+    if not first:
+        typer.echo(f"error: {file} is empty: nothing to import", err=True)
+        raise typer.Exit(EXIT_DATA)
+    if first != b"{":
+        typer.echo(
+            f"error: {file} is not JSON (expected NDJSON lines or a FHIR Bundle); "
+            "nothing was imported",
+            err=True,
+        )
+        raise typer.Exit(EXIT_DATA)
 
 
 def import_command(
@@ -22,7 +55,7 @@ def import_command(
     ),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Ingest a FHIR export file. An unknown connection becomes a ``manual`` connection.
+    """Ingest a FHIR export file. An unknown connection becomes a `manual` connection.
 
     Exit status: 0 complete, 2 partial (rejected lines or counts that differ), 3 every line
     stored but some keys repeat with different content (each version is kept).
@@ -44,9 +77,10 @@ def import_command(
     from ehi_bridge.logging import configure_logging
     from ehi_bridge.records.ingest import ingest_file, keep_parser_ready, stop_ready_parser
 
+    refuse_unreadable_input(file)
     keep_parser_ready()  # the parser interpreter boots while this one sets up
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_json)  # logs go to stderr
+    configure_logging(quiet_log_level(settings), settings.log_json)  # logs go to stderr
     url = settings.resolved_database_url
     ensure_schema(url)
     db = Database(url)
@@ -63,6 +97,7 @@ def import_command(
             TimeRemainingColumn(),
             console=console,
             transient=True,
+            disable=not console.is_terminal,  # no bar (nor its newline) in logs or pipes
         ) as bar:
             task = bar.add_task("ingesting", total=size)
             report = ingest_file(
@@ -162,7 +197,7 @@ def export_command(
         raise typer.Exit(code=1)
 
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_json)  # stdout may carry the NDJSON
+    configure_logging(quiet_log_level(settings), settings.log_json)  # stdout: the NDJSON
     url = settings.resolved_database_url
     ensure_schema(url)
     db = Database(url)

@@ -119,6 +119,10 @@ def _start_parser() -> subprocess.Popen[bytes]:
         stdout=subprocess.PIPE,
         env=env,
         close_fds=True,
+        # Its own session: a terminal's Ctrl-C (sent to the whole foreground group) stops
+        # only the parent, which ends this process; a parser still importing would otherwise
+        # print a KeyboardInterrupt traceback.
+        start_new_session=True,
     )
 
 

@@ -7,8 +7,6 @@ import signal
 import threading
 from typing import Annotated, Any
 
-import httpx
-import orjson
 import typer
 
 app = typer.Typer(no_args_is_help=True, help="simulator commands")
@@ -92,6 +90,9 @@ TokenOpt = Annotated[
 
 
 def _call(url: str, token: str | None, method: str, path: str, body: Any = None) -> Any:
+    import httpx
+    import orjson
+
     headers = {"X-Sim-Token": token} if token else {}
     try:
         response = httpx.request(
@@ -109,6 +110,8 @@ def _call(url: str, token: str | None, method: str, path: str, body: Any = None)
 
 
 def _pairs(values: list[str]) -> dict[str, Any]:
+    import orjson
+
     out: dict[str, Any] = {}
     for item in values:
         key, sep, raw = item.partition("=")

@@ -66,7 +66,7 @@ def test_operator_journey(page: Any, live_dashboard: LiveDashboard, tmp_path: Pa
 
     # Open the seeded connection and its records (audited).
     page.goto(f"{base}/dashboard/connections/{seeded.connection_id}")
-    assert page.locator("text=malformed_lines").count() == 1
+    assert page.locator("h4", has_text="Lines not ingested").count() == 1
     page.locator("tr", has_text="Observation").locator("a.view-records").click()
     page.locator("#records details.resource").first.wait_for()
     assert page.locator("#records details.resource").count() == 2
@@ -178,3 +178,41 @@ def test_connect_page_forwards_widget_complete_with_the_link_token(
     assert {"endpoint_id", "brand_id", "portal_id"} <= set(body)
     assert seen[0]["token"] == token
     assert seen[0]["cookie"] is None
+
+
+@pytest.mark.parametrize("width", [1280, 1024])
+def test_connection_page_has_no_horizontal_overflow(
+    browser: Any, live_dashboard: LiveDashboard, width: int
+) -> None:
+    """The data-quality report is tables that wrap: the page is no wider than the window
+    (it was 2,044 px at a 1,400 px window with the raw JSON)."""
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    try:
+        tab = context.new_page()
+        log_in(tab, live_dashboard.base_url)
+        tab.goto(
+            f"{live_dashboard.base_url}/dashboard/connections/{live_dashboard.seeded.connection_id}"
+        )
+        tab.wait_for_selector("table.report-table")
+        scroll_width = tab.evaluate("() => document.documentElement.scrollWidth")
+        assert scroll_width <= width
+        assert tab.locator("h4", has_text="Lines not ingested").count() >= 1
+    finally:
+        context.close()
+
+
+def test_connect_link_has_a_copy_button(browser: Any, live_dashboard: LiveDashboard) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    try:
+        tab = context.new_page()
+        log_in(tab, live_dashboard.base_url)
+        tab.goto(f"{live_dashboard.base_url}/dashboard/connect-link")
+        tab.fill("input[name=external_id]", "patient-copy")
+        tab.click("#make-link")
+        link = tab.locator("#connect-link").get_attribute("href")
+        tab.click("#copy-link")
+        assert tab.locator("#copy-link").inner_text() == "Copied"
+        assert tab.evaluate("() => navigator.clipboard.readText()") == link
+    finally:
+        context.close()

@@ -70,3 +70,30 @@ def test_user_create_and_disable(run: Callable[..., Any], db: Database) -> None:
         assert service.verify_user(session, "alice", "a long password") is None
         names = session.scalars(select(DashboardUser.username).order_by(DashboardUser.id)).all()
         assert names == ["alice", "bob"]
+
+
+def test_duplicate_names_are_refused_before_any_prompt(
+    run: Callable[..., Any], db: Database
+) -> None:
+    assert run("token", "create", "my-app").exit_code == 0
+    again = run("token", "create", "my-app")
+    assert again.exit_code == 1
+    assert "already exists" in again.stderr and "ehib_" not in again.stdout
+    with db.read_session() as session:
+        assert session.scalars(select(ApiToken.name)).all() == ["my-app"]
+    assert (
+        run("user", "create", "dora", "--password-stdin", stdin="a long password\n").exit_code == 0
+    )
+    # No input at all: a prompt would read end of input; the refusal comes first.
+    refused = run("user", "create", "dora")
+    assert refused.exit_code == 1
+    assert "already exists" in refused.stderr
+    assert "Password" not in refused.output
+
+
+def test_a_revoked_token_name_can_be_reused(run: Callable[..., Any], db: Database) -> None:
+    created = run("token", "create", "rotating")
+    with db.read_session() as session:
+        token_id = session.scalars(select(ApiToken.id)).one()
+    assert created.exit_code == 0 and run("token", "revoke", str(token_id)).exit_code == 0
+    assert run("token", "create", "rotating").exit_code == 0

@@ -73,7 +73,7 @@ def test_bad_links_get_403(connect: Connect, kind: str) -> None:
         ),
         "other-secret": make_connect_token(
             connect.settings.model_copy(
-                update={"connect_link_secret": SecretStr("another-secret-value")}
+                update={"connect_link_secret": [SecretStr("another-secret-value")]}
             ),
             "patient-42",
             ttl=600,

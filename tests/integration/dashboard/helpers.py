@@ -167,10 +167,26 @@ def seed(db: Database, external_id: str = "patient-42", platform: str = "epic") 
             stats_by_type={"Patient": 1, "Observation": 2},
             ingested_total=3,
             ingested_by_type={"Patient": 1, "Observation": 2},
-            report={
-                "malformed_lines": 1,
-                "missing_patient_refs": 0,
-                "resource_types": ["Observation", "Patient"],
+            report={  # the shape IngestReport.as_dict() stores, with long values
+                "connection_id": "c",
+                "export_id": 1,
+                "status": "partial",
+                "lines": 4,
+                "resources": 3,
+                "inserted": 3,
+                "updated": 0,
+                "unchanged": 0,
+                "duplicates": 0,
+                "errors": 1,
+                "by_type": {f"VeryLongResourceTypeName{i:02d}": i for i in range(40)},
+                "expected_by_type": {f"VeryLongResourceTypeName{i:02d}": i for i in range(40)},
+                "duplicates_by_type": {"Observation": 1},
+                "expected_total": 4,
+                "mismatches": [{"resource_type": "Observation", "expected": 3, "ingested": 2}],
+                "error_samples": [{"line": 3, "reason": "malformed_json:" + "x" * 180}],
+                "bytes_read": 1234,
+                "seconds": 0.05,
+                "parser_peak_rss_kib": 20000,
             },
             bytes_downloaded=1234,
             attempts=1,
@@ -191,8 +207,26 @@ def seed(db: Database, external_id: str = "patient-42", platform: str = "epic") 
         session.add_all([done, failed])
         session.flush()
         for rtype, body in (
-            ("Patient", {"resourceType": "Patient", "id": "p1", "name": [{"family": "Doe"}]}),
-            ("Observation", {"resourceType": "Observation", "id": "o1", "status": "final"}),
+            (
+                "Patient",
+                {
+                    "resourceType": "Patient",
+                    "id": "p1",
+                    "name": [{"family": "Doe"}],
+                    "birthDate": "1980-02-29",
+                },
+            ),
+            (
+                "Observation",
+                {
+                    "resourceType": "Observation",
+                    "id": "o1",
+                    "status": "final",
+                    "code": {"coding": [{"code": "8867-4", "display": "Heart rate"}]},
+                    "valueQuantity": {"value": 72, "unit": "/min"},
+                    "effectiveDateTime": "2024-05-01T10:00:00Z",
+                },
+            ),
             ("Observation", {"resourceType": "Observation", "id": "o2", "status": "final"}),
         ):
             raw = orjson.dumps(body)

@@ -114,12 +114,22 @@ def test_connection_page_shows_everything_and_is_audited(dash: Dash) -> None:
     assert response.status_code == 200
     html = response.text
     assert "patient.connection_success" in html  # timeline
-    assert "malformed_lines" in html  # data-quality report
+    # The data-quality report as tables, never raw JSON.
+    assert (
+        "Counts that differ from Fasten&#39;s" in html or "Counts that differ from Fasten's" in html
+    )
+    assert "Lines not ingested (first ones)" in html and "malformed_json:" in html
+    assert "by_type" not in html and "VeryLongResourceTypeName" not in html
     assert "Observation" in html and ">2<" in html  # resources by type / reconciliation
     assert "lines not ingested" in html
     assert 'id="request-export"' in html
     assert "Retry" in html  # the failed export
-    assert "Doe" not in html  # record contents only on the audited records view
+    # The patient's name and birth date: opening the page is audited (below) before they
+    # are read; other record contents only on the audited records view.
+    assert 'id="patient-name">Doe<' in html
+    assert 'id="patient-birth-date">1980-02-29<' in html
+    assert '"status": "final"' not in html and "o1" not in html
+    assert "<dd>Epic</dd>" in html  # the brand, not `epic`
     # Reachable by org_connection_id too.
     by_org = dash.client.get(f"/dashboard/connections/{seeded.org_connection_id}")
     assert by_org.status_code == 200
@@ -159,6 +169,9 @@ def test_viewing_records_writes_an_audit_row(dash: Dash) -> None:
         f"/dashboard/connections/{seeded.connection_id}/records", params={"type": "Observation"}
     )
     assert full.status_code == 200 and "o2" in full.text and "<html" in full.text
+    # Each record leads with its display text and date (code and value for an Observation).
+    assert '<span class="record-text">Heart rate = 72 /min</span>' in full.text
+    assert '<span class="record-date">2024-05-01T10:00:00Z</span>' in full.text
 
 
 def test_records_are_paged_by_id(dash: Dash) -> None:

@@ -104,6 +104,17 @@ def test_patient_logs_in_through_the_modal(
         page.goto(url)
         page.click("fasten-stitch-element button.fasten-stitch-button")
         page.locator(".fasten-sim-modal").wait_for()
+        # A backdrop covers the whole window behind the dialog; its buttons do not touch.
+        cover = page.evaluate(
+            "() => { const r = document.querySelector('.fasten-sim-backdrop')"
+            ".getBoundingClientRect(); return [r.width, r.height, innerWidth, innerHeight]; }"
+        )
+        assert cover[0] == cover[2] and cover[1] == cover[3]
+        login_box = page.locator("button.fasten-sim-login").bounding_box()
+        cancel_box = page.locator("button.fasten-sim-cancel").bounding_box()
+        assert login_box and cancel_box
+        gap = login_box["x"] - (cancel_box["x"] + cancel_box["width"])
+        assert gap >= 8
         page.select_option("select[name=brand]", "brand-cerner")
         page.select_option("select[name=patient]", "5")
         page.click("button.fasten-sim-login")

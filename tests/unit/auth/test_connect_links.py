@@ -35,3 +35,15 @@ def test_needs_a_secret() -> None:
         make_connect_token(settings(None), "patient-1", ttl=60)
     with pytest.raises(ConnectLinkError):
         make_connect_token(settings(""), "patient-1", ttl=60)
+
+
+def test_rotation_the_first_secret_signs_and_all_verify() -> None:
+    old_only = Settings(connect_link_secret="old-secret")  # type: ignore[arg-type]
+    rotating = Settings(connect_link_secret="new-secret,old-secret")  # type: ignore[arg-type]
+    new_only = Settings(connect_link_secret="new-secret")  # type: ignore[arg-type]
+    issued_before = make_connect_token(old_only, "patient-1", ttl=600, now=1_000_000)
+    assert read_connect_token(rotating, issued_before, now=1_000_000) == "patient-1"
+    issued_during = make_connect_token(rotating, "patient-2", ttl=600, now=1_000_000)
+    assert read_connect_token(new_only, issued_during, now=1_000_000) == "patient-2"
+    assert read_connect_token(old_only, issued_during, now=1_000_000) is None
+    assert read_connect_token(new_only, issued_before, now=1_000_000) is None

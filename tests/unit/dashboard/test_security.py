@@ -5,13 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from pydantic import SecretStr
 
-from ehi_bridge.config import Settings
 from ehi_bridge.dashboard.endpoints import _safe_next
 from ehi_bridge.dashboard.repository import decode_cursor, encode_cursor
-from ehi_bridge.dashboard.security import LoginLimiter, session_secret, tokens_match
-from ehi_bridge.deps import AppContext
+from ehi_bridge.dashboard.security import LoginLimiter, tokens_match
 
 
 class Clock:
@@ -80,21 +77,3 @@ def test_tokens_match() -> None:
     assert not tokens_match("abc", "abd")
     assert not tokens_match("abc", None)
     assert not tokens_match("abc", "")
-
-
-def test_without_a_configured_secret_one_is_generated_per_context(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    ctx = AppContext(settings=Settings(session_secret=None), db=None)  # type: ignore[arg-type]
-    first = session_secret(ctx)
-    assert first == session_secret(ctx)
-    assert len(first) >= 32
-    assert "EHI_SESSION_SECRET is not set" in caplog.text
-    assert first not in caplog.text
-    other = AppContext(settings=Settings(session_secret=None), db=None)  # type: ignore[arg-type]
-    assert session_secret(other) != first
-    configured = AppContext(
-        settings=Settings(session_secret=SecretStr("configured-secret")),
-        db=None,  # type: ignore[arg-type]
-    )
-    assert session_secret(configured) == "configured-secret"

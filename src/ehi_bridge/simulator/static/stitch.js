@@ -77,9 +77,14 @@
     showModal(catalog) {
       var self = this;
       this.closeModal();
-      var modal = el("div", { "class": "fasten-sim-modal", role: "dialog",
-        style: "position:fixed;inset:10% 30%;background:#fff;border:1px solid #888;" +
-               "padding:1em;z-index:10000;font-family:sans-serif" });
+      // A backdrop dims and blocks the page behind the dialog, as the real widget does.
+      var backdrop = el("div", { "class": "fasten-sim-backdrop",
+        style: "position:fixed;inset:0;background:rgba(15,23,42,.55);z-index:9999;" +
+               "display:flex;align-items:center;justify-content:center" });
+      var modal = el("div", { "class": "fasten-sim-modal", role: "dialog", "aria-modal": "true",
+        style: "background:#fff;border-radius:10px;box-shadow:0 12px 40px rgba(0,0,0,.35);" +
+               "padding:1.25em 1.5em;min-width:320px;max-width:90vw;font-family:sans-serif;" +
+               "display:flex;flex-direction:column;gap:.75em" });
       modal.appendChild(el("h2", {}, "Fasten Connect (simulator)"));
       var brand = el("select", { name: "brand", "aria-label": "Health system" });
       catalog.brands.forEach(function (b) {
@@ -98,6 +103,8 @@
       modal.appendChild(label2);
       var login = el("button", { type: "button", "class": "fasten-sim-login" }, "Log in");
       var cancel = el("button", { type: "button", "class": "fasten-sim-cancel" }, "Cancel");
+      var actions = el("div", { "class": "fasten-sim-actions",
+        style: "display:flex;gap:.75em;justify-content:flex-end" });
       login.addEventListener("click", function () {
         self.login(catalog.api_mode, brand.value, parseInt(patient.value, 10));
       });
@@ -105,11 +112,12 @@
         self.closeModal();
         self.emit("widget.close", {}, catalog.api_mode);
       });
-      modal.appendChild(el("p"));
-      modal.appendChild(login);
-      modal.appendChild(cancel);
-      this._modal = modal;
-      this.appendChild(modal);
+      actions.appendChild(cancel);
+      actions.appendChild(login);
+      modal.appendChild(actions);
+      backdrop.appendChild(modal);
+      this._modal = backdrop;
+      this.appendChild(backdrop);
     }
 
     closeModal() {

@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-12-04 15:44:31.402437
+Create Date: 2026-12-04 15:45:33.108337
 """
 
 from collections.abc import Sequence
@@ -251,6 +251,13 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "instance_secrets",
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("value", sa.String(length=128), nullable=False),
+        sa.Column("created_at", ehi_bridge.db.base.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("name", name=op.f("pk_instance_secrets")),
+    )
+    op.create_table(
         "outbox",
         sa.Column(
             "id",
@@ -405,6 +412,7 @@ def downgrade() -> None:
         )
 
     op.drop_table("outbox")
+    op.drop_table("instance_secrets")
     with op.batch_alter_table("ingest_runs", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_ingest_runs_connection_id"))
 
