@@ -53,6 +53,7 @@ SIGNATURE_FAILURES_SPIKE: Final = "signature_failures_spike"
 EVENT_PARKED: Final = "event_parked"
 INGEST_PARTIAL: Final = "ingest_partial"
 OWNERSHIP_CONFLICT: Final = "ownership_conflict"
+EXPORT_STALLED: Final = "export_stalled"
 ALERT_KINDS: Final = (
     EXPORT_FAILED,
     EXPORT_TIMED_OUT,
@@ -62,6 +63,7 @@ ALERT_KINDS: Final = (
     EVENT_PARKED,
     INGEST_PARTIAL,
     OWNERSHIP_CONFLICT,
+    EXPORT_STALLED,
 )
 SEVERITIES: Final = ("info", "warning", "error", "critical")
 
