@@ -212,7 +212,8 @@ def test_connect_link_has_a_copy_button(browser: Any, live_dashboard: LiveDashbo
         tab.click("#make-link")
         link = tab.locator("#connect-link").get_attribute("href")
         tab.click("#copy-link")
-        assert tab.locator("#copy-link").inner_text() == "Copied"
+        # The label changes once the clipboard write resolves (and back after 2 s).
+        tab.wait_for_function("() => document.querySelector('#copy-link').textContent === 'Copied'")
         assert tab.evaluate("() => navigator.clipboard.readText()") == link
     finally:
         context.close()
