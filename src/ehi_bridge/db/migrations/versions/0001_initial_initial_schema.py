@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-12-04 15:45:33.108337
+Create Date: 2026-12-04 16:03:58.818697
 """
 
 from collections.abc import Sequence
