@@ -116,12 +116,12 @@ class Runtime:
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             try:
-                claimed = self.apply_once() if self._anything_due() else 0
+                full = self.apply_once() if self._anything_due() else False
             except Exception as exc:  # the rows stay due; try again shortly
                 log.error("apply failed", error_type=type(exc).__name__)
                 self._stop.wait(1.0)
                 continue
-            if claimed < (self._batch or self.settings.apply_batch_size):
+            if not full:
                 self._wake_applier.wait(IDLE_POLL_SECONDS)
                 self._wake_applier.clear()
 
@@ -129,7 +129,8 @@ class Runtime:
         with self.db.read_session() as session:
             return inbox_repo.any_due(session, utcnow())
 
-    def apply_once(self) -> int:
+    def apply_once(self) -> bool:
+        """Apply one batch; whether it was full (more may be waiting)."""
         limit = self._batch or self.settings.apply_batch_size
         started = time.perf_counter()
         result = apply_batch(self.db, self.settings, limit=limit)
@@ -139,7 +140,7 @@ class Runtime:
             self._batch = next_batch_size(limit, elapsed, result.claimed, maximum)
         if result.follow_ups:
             self._wake_launcher.set()
-        return result.claimed
+        return result.claimed >= limit
 
     # --- launcher and sweep ----------------------------------------------------------------
 
