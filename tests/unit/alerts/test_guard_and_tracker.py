@@ -24,6 +24,7 @@ def test_kinds_are_the_documented_ones() -> None:
         "signature_failures_spike",
         "event_parked",
         "ingest_partial",
+        "ownership_conflict",
     }
 
 
