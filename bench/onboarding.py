@@ -119,7 +119,7 @@ def bench_once(
         **sim_env,
         "EHI_DATABASE_URL": url,
         "EHI_FASTEN_API_URL": f"{sim}/v1",
-        "EHI_DOWNLOAD_ALLOWED_HOSTS": "localhost",  # the simulator's storage host name
+        "EHI_DOWNLOAD_ALLOWED_HOSTS": f"localhost:{storage_port}",  # the simulator's storage
     }
     procs = []
     result: dict[str, Any] = {"backend": backend, "patients": patients}

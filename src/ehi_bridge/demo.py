@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import uvicorn
@@ -74,6 +75,9 @@ def _settings(data_dir: Path, port: int, sim: SimulatorServer, test_secret: str)
         test_public_id=mode.public_id,
         test_private_key=SecretStr(mode.private_key),
         fasten_api_url=sim.fasten_api_url,
+        # The simulator's signed storage URLs: same host as its API, another port.
+        download_allowed_hosts=[urlsplit(sim.storage_url).netloc],
+        public_api_docs=True,  # a local demo: the OpenAPI page it prints opens without a token
         stitch_js_url=sim.stitch_js_url,
         session_secret=[SecretStr(secrets.token_urlsafe(32))],
         connect_link_secret=[SecretStr(secrets.token_urlsafe(32))],

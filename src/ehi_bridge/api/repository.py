@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -59,7 +59,10 @@ def decode_cursor(kind: str, cursor: str, types: Sequence[type]) -> list[Any]:
                 raise BadCursor("cursor is not valid") from error
             if parsed.tzinfo is None:
                 raise BadCursor("cursor is not valid")
-            key.append(parsed)
+            try:
+                key.append(parsed.astimezone(UTC))
+            except OverflowError as error:  # past either end of time in UTC
+                raise BadCursor("cursor is not valid") from error
         elif expected is int:
             if not isinstance(item, int) or isinstance(item, bool) or not 0 <= item < 2**63:
                 raise BadCursor("cursor is not valid")

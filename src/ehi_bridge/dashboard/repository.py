@@ -11,7 +11,7 @@ import base64
 import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Float, case, cast, func, or_, select, text
@@ -163,7 +163,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str] | None:
         return None
     if position.tzinfo is None or "\x00" in row_id or len(row_id) > 64:
         return None  # naive datetimes cannot be compared with the stored ones
-    return position, row_id
+    try:
+        return position.astimezone(UTC), row_id
+    except OverflowError:  # e.g. 9999-12-31T23:59-23:59 is past the end of time in UTC
+        return None
 
 
 @dataclass(frozen=True, slots=True)

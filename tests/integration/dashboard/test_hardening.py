@@ -23,6 +23,8 @@ def _cursor(text: str) -> str:
     "query",
     [
         "/dashboard/connections?after=" + _cursor("2026-01-01T00:00:00|abc"),  # naive datetime
+        "/dashboard/connections?after=" + _cursor("9999-12-31T23:59:59-23:59|abc"),  # > max UTC
+        "/dashboard/connections?after=" + _cursor("0001-01-01T00:00:00+14:00|abc"),  # < min UTC
         "/dashboard/events?before=" + str(10**30),
         "/dashboard/connections?q=a%00b",
         "/dashboard/events?type=a%00b",

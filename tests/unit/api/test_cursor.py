@@ -54,3 +54,10 @@ def test_rejects(raw: bytes) -> None:
 def test_rejects_non_base64(cursor: str) -> None:
     with pytest.raises(BadCursor):
         decode_cursor("x", cursor, (int,))
+
+
+def test_a_cursor_date_past_the_end_of_time_in_utc_is_refused() -> None:
+    for date in ("9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+14:00"):
+        raw = base64.urlsafe_b64encode(f'["c","{date}","id-1"]'.encode()).decode().rstrip("=")
+        with pytest.raises(BadCursor):
+            decode_cursor("c", raw, (datetime, str))
