@@ -24,7 +24,8 @@ def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     url = f"sqlite:///{tmp_path / 'docs.sqlite3'}"
     upgrade(url)
     db = Database(url)
-    api = create_api(settings_for(url), db)
+    # Published documents (EHI_PUBLIC_API_DOCS): a browser sends no API token.
+    api = create_api(settings_for(url, public_api_docs=True), db)
     try:
         with ThreadedServer(api) as server:
             yield server.base_url, api.openapi()
