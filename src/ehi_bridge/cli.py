@@ -306,15 +306,10 @@ def backup(
 ) -> None:
     """Copy every SQLite database file (app and DBOS) as one consistent online snapshot
     each, safe while the service runs. PostgreSQL: use pg_dump (docs/operations.md)."""
-    from ehi_bridge.config import Settings
     from ehi_bridge.ops import backup as backups
 
-    settings = Settings()
     try:
-        files = backups.database_files(
-            settings.resolved_database_url, settings.resolved_dbos_database_url
-        )
-        manifest = backups.backup(files, out)
+        manifest = backups.backup(_database_files(), out)
     except backups.BackupError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(EXIT_FAILED) from None
@@ -323,21 +318,27 @@ def backup(
         typer.echo(f"{entry['role']:<5} {out / entry['file']}  {entry['bytes']} bytes")
 
 
+def _database_files() -> Any:
+    """The configured SQLite files (the app's and DBOS's); BackupError on PostgreSQL."""
+    from ehi_bridge.config import Settings
+    from ehi_bridge.ops import backup as backups
+
+    settings = Settings()
+    return backups.database_files(
+        settings.resolved_database_url, settings.resolved_dbos_database_url
+    )
+
+
 @app.command()
 def restore(
     folder: Path = typer.Argument(..., help="A folder written by `ehi-bridge backup`."),
 ) -> None:
     """Put a backup in place of the configured SQLite databases, which must not exist yet
     (restore into a fresh EHI_DATA_DIR, then start the service)."""
-    from ehi_bridge.config import Settings
     from ehi_bridge.ops import backup as backups
 
-    settings = Settings()
     try:
-        files = backups.database_files(
-            settings.resolved_database_url, settings.resolved_dbos_database_url
-        )
-        restored = backups.restore(folder, files)
+        restored = backups.restore(folder, _database_files())
     except backups.BackupError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(EXIT_FAILED) from None

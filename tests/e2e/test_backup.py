@@ -61,7 +61,10 @@ def test_backup_during_deliveries_restores_every_answered_one(tmp_path: Path) ->
         sender = Sender(f"{base}/webhooks/fasten/test")
         sender.thread.start()
         try:
-            while len(sender.snapshot()) < 50:
+            # The background process (a child of serve) opens the DBOS file once it has
+            # started: back up a service that runs both.
+            dbos_file = tmp_path / "data" / "ehi-bridge.dbos.sqlite3"
+            while len(sender.snapshot()) < 50 or not dbos_file.exists():
                 sender.stop.wait(0.05)
             answered_before = sender.snapshot()
             made = cli(env, tmp_path, "backup", "--out", str(tmp_path / "backup"))
