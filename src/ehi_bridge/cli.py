@@ -171,7 +171,7 @@ def serve(
     from ehi_bridge.background.executor_lock import ExecutorIdInUse, ExecutorLock
     from ehi_bridge.db.migrate import ensure_schema
     from ehi_bridge.server import Service
-    from ehi_bridge.webhooks.http_protocol import protocol_for
+    from ehi_bridge.webhooks.http_protocol import SettingsHttpProtocol, protocol_for
 
     if workers > 1 and background:
         raise typer.BadParameter("--workers > 1 needs --no-background and an `ehi-bridge worker`")
@@ -183,7 +183,11 @@ def serve(
         host=host,
         port=port,
         loop="uvloop",
-        http=protocol_for(settings.max_header_bytes, settings.header_timeout_seconds),
+        http=(
+            protocol_for(settings.max_header_bytes, settings.header_timeout_seconds)
+            if workers == 1
+            else SettingsHttpProtocol
+        ),
         lifespan="on",
         access_log=False,
         # Client addresses (login throttling, audit) come from X-Forwarded-For only

@@ -17,10 +17,12 @@ webhook request writes through a transport that holds the head back until the bo
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from ehi_bridge.config import Settings
 from ehi_bridge.webhooks.endpoints import PATH_PREFIX
 
 _WEBHOOK_TARGET = PATH_PREFIX.encode("ascii")
@@ -136,3 +138,19 @@ def protocol_for(max_head_bytes: int, head_timeout: float) -> type[WebhookHttpPr
         (WebhookHttpProtocol,),
         {"max_head_bytes": max_head_bytes, "head_timeout": head_timeout},
     )
+
+
+@functools.cache
+def _limits_from_settings() -> tuple[int, float]:
+    settings = Settings()
+    return settings.max_header_bytes, settings.header_timeout_seconds
+
+
+class SettingsHttpProtocol(WebhookHttpProtocol):
+    """For ``serve --workers N``: each worker is a fresh interpreter that receives uvicorn's
+    config pickled, so its protocol must be a class found by name; it takes the limits from
+    the worker's own settings (the same environment as the parent's)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.max_head_bytes, self.head_timeout = _limits_from_settings()
+        super().connection_made(transport)
