@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,6 @@ class BackgroundChild:
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
-        self.started_at = time.monotonic()
 
     def start(self) -> None:
         self._spawn()
@@ -55,9 +53,6 @@ class BackgroundChild:
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
-
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
     def stop(self, timeout: float = 15.0) -> None:
         self._stopping.set()
@@ -86,7 +81,6 @@ class BackgroundChild:
         proc.stdin.write(settings_payload(self.settings) + b"\n")
         proc.stdin.flush()
         self._proc = proc
-        self.started_at = time.monotonic()
 
     def _watch(self) -> None:
         while not self._stopping.is_set():

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -75,22 +75,4 @@ def mark_started(session: Session, workflow_ids: Sequence[str], at: datetime) ->
         update(OutboxItem)
         .where(OutboxItem.workflow_id.in_(workflow_ids), text(NOT_STARTED))
         .values(started_at=at)
-    )
-
-
-def count_not_started(session: Session) -> int:
-    return int(
-        session.scalar(select(func.count()).where(text(NOT_STARTED)).select_from(OutboxItem)) or 0
-    )
-
-
-def started_count(session: Session, workflow_id: str) -> int:
-    """1 when the row for ``workflow_id`` has been started (tests and diagnostics)."""
-    return int(
-        session.scalar(
-            select(func.count())
-            .select_from(OutboxItem)
-            .where(OutboxItem.workflow_id == workflow_id, OutboxItem.started_at.is_not(None))
-        )
-        or 0
     )

@@ -125,12 +125,6 @@ def record_failures(session: Session, failures: Sequence[Failure]) -> None:
         )
 
 
-def next_retry_at(session: Session) -> datetime | None:
-    return session.scalar(
-        select(func.min(InboxEvent.next_attempt_at)).where(InboxEvent.status == InboxStatus.RETRY)
-    )
-
-
 def mark_for_replay(session: Session, ids: Sequence[int]) -> int:
     """Send events through processing again (parked ones, or any an operator picks)."""
     result = session.execute(
