@@ -4,6 +4,8 @@ VENV := .venv
 UV := $(VENV)/bin/uv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.synced
+# Test processes: the e2e tests mostly wait on their servers, so two per core keep both cores busy.
+TEST_WORKERS ?= 3
 
 .PHONY: help demo test lint typecheck migration docs clean
 help:  ## show this help
@@ -25,7 +27,7 @@ test: $(STAMP)  ## run lint, type checks and the whole test suite (SQLite and Po
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m tests.preflight
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff
 	$(BIN)/ruff check src tests bench && $(BIN)/ruff format --check src tests bench

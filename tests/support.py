@@ -70,6 +70,20 @@ def _ephemeral_ports_start() -> int:
         return 32768  # Linux's default
 
 
+def _worker_port_range() -> tuple[int, int]:
+    """This test process's own slice of the ports below the ephemeral range.
+
+    Under pytest-xdist each worker draws from a disjoint slice, so two workers never hand out
+    the same port between one's probe and its server's bind.
+    """
+    start = _ephemeral_ports_start()
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    span = max(0, start - _LOWEST_PORT) // max(1, workers)
+    low = _LOWEST_PORT + worker * span
+    return low, low + span
+
+
 def free_port() -> int:
     """A loopback port free now, for a server the caller starts next.
 
@@ -78,9 +92,9 @@ def free_port() -> int:
     binds port 0 (the simulator does) before the caller's server binds it. That happened:
     the service failed to bind while its health URL was answered by the simulator.
     """
-    start = _ephemeral_ports_start()
+    low, high = _worker_port_range()
     for _ in range(1000):
-        port = random.randrange(_LOWEST_PORT, start) if start > _LOWEST_PORT else 0
+        port = random.randrange(low, high) if high > low else 0
         if port in _handed_out:
             continue
         with socket.socket() as sock:
