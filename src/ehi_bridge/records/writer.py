@@ -301,6 +301,10 @@ class ResourceWriter:
         self.conn.execute(insert(VERSIONS).on_conflict_do_nothing(), list(rows))
 
 
+# Commits the checkpoint thread may fall behind by before the writer waits for it.
+MAX_UNSEEN_COMMITS = 3
+
+
 class WalCheckpointer:
     """PASSIVE checkpoints of one SQLite database on a thread of their own.
 
@@ -334,6 +338,7 @@ class WalCheckpointer:
         self._busy = False
         self._closed = False
         self._wal_frames = 0
+        self._unseen_commits = 0
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="ingest-checkpoint", daemon=True)
         self._thread.start()
@@ -390,9 +395,15 @@ class WalCheckpointer:
         if not self._checkpointed and frames < self._start:
             return  # a small WAL so far: checkpointed after the ingest, by SQLite's own
         with self._cond:
+            # The frame count above is the thread's last look: while it has not caught up
+            # (a busy machine), commits it has not seen pile up unmeasured. Past a few, wait.
+            self._unseen_commits = self._unseen_commits + 1 if self._busy or self._wanted else 0
             self._wanted = True
             self._checkpointed = True
             self._cond.notify_all()
+            lagging = self._unseen_commits >= MAX_UNSEEN_COMMITS
+        if lagging:
+            self._idle()
 
     def _wal_file_frames(self) -> int:
         try:
