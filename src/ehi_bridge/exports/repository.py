@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import insert, or_, select
 from sqlalchemy.orm import Session
 
 from ehi_bridge.db.base import utcnow
@@ -85,6 +85,31 @@ def create(
         # Asking Fasten is written with the export: whoever creates one, it gets asked.
         outbox_repo.add(session, outbox_repo.request_export(export.id))
     return export
+
+
+def create_requested(session: Session, connection_ids: Sequence[str], *, trigger: str) -> list[int]:
+    """One new export per connection, to ask Fasten for, each with its request in the outbox:
+    one statement for many (the batch applier's onboarding path), ids in the given order."""
+    if not connection_ids:
+        return []
+    now = utcnow()
+    rows = [
+        {
+            "connection_id": connection_id,
+            "status": ExportStatus.REQUESTED,
+            "trigger": trigger,
+            "created_at": now,
+            "updated_at": now,
+            "bytes_downloaded": 0,
+            "attempts": 0,
+        }
+        for connection_id in connection_ids
+    ]
+    ids = list(
+        session.scalars(insert(Export).returning(Export.id, sort_by_parameter_order=True), rows)
+    )
+    outbox_repo.add(session, *(outbox_repo.request_export(export_id) for export_id in ids))
+    return ids
 
 
 def due_deadlines(session: Session, now: datetime, limit: int) -> list[int]:

@@ -116,6 +116,15 @@ class _Context:
     settings: Settings
     connections: dict[str, Connection]
     follow_ups: list[outbox_repo.FollowUp] = field(default_factory=list)
+    # Connections whose new export is written with the next read of exports, or at the end:
+    # one INSERT for a batch of onboardings instead of a flush per connection.
+    exports_to_request: list[str] = field(default_factory=list)
+
+
+def _write_requested_exports(ctx: _Context) -> None:
+    if ctx.exports_to_request:
+        exports_repo.create_requested(ctx.session, ctx.exports_to_request, trigger="auto")
+        ctx.exports_to_request.clear()
 
 
 def _event_time(envelope: schemas.Envelope, row: PendingEvent) -> datetime:
@@ -170,11 +179,13 @@ def apply_batch(
                 ctx.connections = connections_repo.lock_for_events(session, _touched(parsed))
                 for item in parsed:
                     _APPLIERS[item.row.event_type](ctx, item.row, item.data, item.at)
+                _write_requested_exports(ctx)
             result.applied = [item.row.id for item in parsed]
         except Exception:
             # One row's write failed: redo each row alone to find it; the rest still apply.
             session.expire_all()
             ctx.follow_ups.clear()
+            ctx.exports_to_request.clear()
             for item in parsed:
                 mark = len(ctx.follow_ups)
                 try:
@@ -183,9 +194,11 @@ def apply_batch(
                             session, _touched([item])
                         )
                         _APPLIERS[item.row.event_type](ctx, item.row, item.data, item.at)
+                        _write_requested_exports(ctx)
                     result.applied.append(item.row.id)
                 except OwnershipConflict as conflict:
                     del ctx.follow_ups[mark:]
+                    ctx.exports_to_request.clear()
                     session.expire_all()
                     result.failures.append(
                         Failure(item.row.id, item.row.attempts + 1, str(conflict), None)
@@ -193,6 +206,7 @@ def apply_batch(
                     conflicts[item.row.id] = conflict.connection_id
                 except Exception as exc:
                     del ctx.follow_ups[mark:]
+                    ctx.exports_to_request.clear()
                     session.expire_all()
                     # Only our own words are stored: a driver's text could quote row values.
                     result.failures.append(_failure(settings, item.row, type(exc).__name__, now))
@@ -342,7 +356,7 @@ def _connection_success(ctx: _Context, row: PendingEvent, data: Any, at: datetim
     if result.verify:
         ctx.follow_ups.append(outbox_repo.verify_connection(connection.id, str(row.id)))
     if result.request_export and ctx.settings.auto_request_export:
-        exports_repo.create(ctx.session, connection.id, trigger="auto")
+        ctx.exports_to_request.append(connection.id)
 
 
 def reauthorize_if_confirmed(
@@ -362,7 +376,9 @@ def reauthorize_if_confirmed(
         return None
 
 
-def _export_for_task(session: Session, connection: Connection, task_id: str | None) -> Export:
+def _export_for_task(ctx: _Context, connection: Connection, task_id: str | None) -> Export:
+    _write_requested_exports(ctx)
+    session = ctx.session
     if task_id:
         export = exports_repo.by_task_id(session, task_id)
         if export is not None:
@@ -383,7 +399,7 @@ def _export_success(ctx: _Context, row: PendingEvent, data: Any, at: datetime) -
         return
     _apply_transition(connection, on_export_activity(_state(connection), at))
     _fill(connection, {"org_id": event.org_id})
-    export = _export_for_task(ctx.session, connection, event.task_id)
+    export = _export_for_task(ctx, connection, event.task_id)
     if connection.status == ConnectionStatus.REVOKED:
         exports_repo.move(export, ExportEvent.REVOKED)
         return
@@ -405,7 +421,7 @@ def _export_failed(ctx: _Context, row: PendingEvent, data: Any, at: datetime) ->
     if connection is None:
         return
     _apply_transition(connection, on_export_activity(_state(connection), at))
-    export = _export_for_task(ctx.session, connection, event.task_id)
+    export = _export_for_task(ctx, connection, event.task_id)
     if not exports_repo.move(export, ExportEvent.FAILED):
         return
     reason = known_failure_reason(event.failure_reason)
@@ -439,6 +455,7 @@ def _authorization_revoked(ctx: _Context, row: PendingEvent, data: Any, at: date
     _apply_transition(connection, result)
     if not result.cancel_exports:
         return
+    _write_requested_exports(ctx)
     for export in exports_repo.active_for_connection(ctx.session, connection.id):
         if exports_repo.move(export, ExportEvent.REVOKED):
             ctx.follow_ups.append(outbox_repo.cancel_export(export.id))
