@@ -67,6 +67,9 @@ class SimulatorConfig:
     retry_factor: float = 15.0
     max_retries: int = 4
     tick_seconds: float = 0.05
+    # Deliveries in flight at once; the rest wait their turn (a send never times out waiting
+    # for a connection, which would turn a burst of 1,000 connects into 30 s retries).
+    webhook_concurrency: int = 32
     # Fasten disables endpoints that keep failing (and, per Standard Webhooks, on a 410):
     # after this many deliveries in a row exhausted their retries. None: never.
     disable_after_failed_deliveries: int | None = None

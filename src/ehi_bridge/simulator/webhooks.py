@@ -61,6 +61,7 @@ class WebhookSender:
         self._event: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._completing: asyncio.Task[object] | None = None
+        self._slots = asyncio.Semaphore(1)  # replaced in run(), sized from the config
 
     def _wakeup_for(self, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
         def wakeup() -> None:
@@ -75,8 +76,13 @@ class WebhookSender:
     async def run(self) -> None:
         self._event = asyncio.Event()
         self.sim.set_wakeup(self._wakeup_for(asyncio.get_running_loop()))
+        concurrency = self.sim.config.webhook_concurrency
+        self._slots = asyncio.Semaphore(concurrency)
         timeout = httpx.Timeout(self.sim.config.webhook_timeout_seconds)
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(
+            timeout=timeout, limits=limits, follow_redirects=False
+        ) as client:
             try:
                 while True:
                     with contextlib.suppress(TimeoutError):
@@ -125,6 +131,10 @@ class WebhookSender:
             await self._send(client, delivery)
 
     async def _send(self, client: httpx.AsyncClient, delivery: Delivery) -> None:
+        async with self._slots:
+            await self._attempt(client, delivery)
+
+    async def _attempt(self, client: httpx.AsyncClient, delivery: Delivery) -> None:
         mode_config = self.sim.config.modes[delivery.api_mode]
         secret = mode_config.signing_secret
         number = len(delivery.attempts) + 1

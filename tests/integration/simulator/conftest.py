@@ -30,6 +30,7 @@ class Receiver:
     received: list[Received] = field(default_factory=list)
     script: list[int] = field(default_factory=list)
     delay_seconds: float = 0.0
+    spans: list[tuple[str, float, float]] = field(default_factory=list)  # webhook-id, start, end
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -45,8 +46,11 @@ class Receiver:
         with self.lock:
             self.received.append(Received(headers, body))
             status = self.script.pop(0) if self.script else 200
+        started = time.monotonic()
         if self.delay_seconds:
             await asyncio.sleep(self.delay_seconds)
+        with self.lock:
+            self.spans.append((headers.get("webhook-id", ""), started, time.monotonic()))
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
@@ -55,6 +59,22 @@ class Receiver:
             self.received.clear()
             self.script.clear()
             self.delay_seconds = 0.0
+            self.spans.clear()
+
+    def most_in_flight(self, webhook_ids: set[str]) -> int:
+        """The most of these deliveries the receiver was answering at one time."""
+        with self.lock:
+            edges = sorted(
+                edge
+                for webhook_id, start, end in self.spans
+                if webhook_id in webhook_ids
+                for edge in ((start, 1), (end, -1))
+            )
+        most = current = 0
+        for _, step in edges:
+            current += step
+            most = max(most, current)
+        return most
 
     def bodies(self) -> list[bytes]:
         with self.lock:

@@ -102,6 +102,21 @@ def test_timeout_counts_as_a_failed_attempt(
     assert [a.error for a in delivery.attempts] == ["ReadTimeout", "ReadTimeout"]
 
 
+def test_a_burst_waits_for_delivery_slots_instead_of_failing_attempts(
+    make_simulator: Callable[..., SimulatorServer], receiver: Receiver
+) -> None:
+    """Many patients connecting at once: at most ``webhook_concurrency`` deliveries are in
+    flight, and the rest wait their turn; none spends an attempt waiting for a connection."""
+    server = make_simulator(webhook_concurrency=4, webhook_timeout_seconds=1.0)
+    receiver.delay_seconds = 0.05
+    server.sim.connect_many(60)
+    deliveries = server.sim.list_deliveries()
+    assert len(deliveries) == 60
+    wait_until(lambda: all(d.state == "delivered" for d in deliveries), timeout=20)
+    assert all(len(d.attempts) == 1 for d in deliveries)
+    assert 1 < receiver.most_in_flight({d.event_id for d in deliveries}) <= 4
+
+
 def test_webhook_test_event(simulator: SimulatorServer, receiver: Receiver) -> None:
     event_id = simulator.sim.send_test_webhook("test")
     wait_until(lambda: receiver.received)
