@@ -290,6 +290,19 @@ def _count_sent(kind: str) -> None:
 
 
 _PENDING_KEY = "ehi_bridge.alerts.pending"
+_HOLD_KEY = "ehi_bridge.alerts.hold"
+
+
+def hold_deliveries(session: Session) -> None:
+    """Keep this session's alerts after its commit until :func:`deliver_held` (a caller that
+    commits inside a lock, e.g. the SQLite write gate, sends them once it has let go)."""
+    session.info[_HOLD_KEY] = True
+
+
+def deliver_held(session: Session) -> None:
+    """Send the alerts a committed, held session raised (nothing if it rolled back)."""
+    session.info[_HOLD_KEY] = False
+    _deliver_pending(session)
 
 
 def _after_commit(
@@ -306,6 +319,8 @@ def _after_commit(
 
 
 def _drop_pending(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint: its alert rows are gone, and delivery skips missing rows
     pending = session.info.get(_PENDING_KEY)
     if pending:
         log.info("alerts dropped with a rolled back transaction", alerts=len(pending))
@@ -313,10 +328,15 @@ def _drop_pending(session: Session) -> None:
 
 
 def _deliver_pending(session: Session) -> None:
+    # SQLAlchemy also says "after_commit" when a savepoint is released: the rows are not
+    # committed yet (on SQLite the caller still holds the write lock), so wait for the root.
+    if session.in_nested_transaction() or session.info.get(_HOLD_KEY):
+        return
     pending: list[tuple[int, bool, Sequence[AlertSink]]] = session.info.get(_PENDING_KEY) or []
     if not pending:
         return
-    items = list(pending)
+    # One entry per alert row (a rolled back savepoint's id can be taken again).
+    items = list({item[0]: item for item in pending}.values())
     pending.clear()
     bind = session.get_bind()
     engine: Engine = bind if isinstance(bind, Engine) else bind.engine

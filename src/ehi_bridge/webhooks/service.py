@@ -25,7 +25,7 @@ import structlog
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
-from ehi_bridge.alerts.service import raise_alert
+from ehi_bridge.alerts.service import deliver_held, hold_deliveries, raise_alert
 from ehi_bridge.config import Settings
 from ehi_bridge.connections import repository as connections_repo
 from ehi_bridge.connections.models import Connection
@@ -162,6 +162,7 @@ def apply_batch(
         if not early.rows:
             return BatchResult()
     with db.hot_write(), db.session() as session:
+        hold_deliveries(session)  # sinks may be slow: they are called after the gate
         if early is None:
             prepared = _prepare(settings, inbox_repo.claim_due(session, now, limit), now)
         else:
@@ -217,6 +218,7 @@ def apply_batch(
                 _park_alert(session, settings, rows, failure, conflicts.get(failure.inbox_id))
         outbox_repo.add(session, *ctx.follow_ups)
         result.follow_ups = ctx.follow_ups
+    deliver_held(session)
     return result
 
 

@@ -16,6 +16,8 @@ from ehi_bridge.alerts.models import Alert
 from ehi_bridge.alerts.service import (
     EXPORT_FAILED,
     SignatureFailureTracker,
+    deliver_held,
+    hold_deliveries,
     raise_alert,
     raise_signature_spike,
 )
@@ -234,6 +236,35 @@ def test_in_a_session_alerts_are_sent_after_commit_only(db: Database) -> None:
     assert len(chat.sent) == 1
     with db.read_session() as session:
         assert session.scalar(select(func.count()).select_from(Alert)) == 1
+
+
+def test_an_alert_raised_in_a_savepoint_is_sent_when_the_whole_transaction_commits(
+    db: Database,
+) -> None:
+    """Releasing a savepoint is not a commit: the sink is called after the root commits
+    (before this, SQLite callers waited 30 s on their own write lock and PostgreSQL ones
+    found no row and sent nothing); a rolled back savepoint's alert is never sent."""
+    chat = Recording("chat", True)
+    with db.session() as session:
+        with session.begin_nested():
+            raise_alert(session, settings(), EXPORT_FAILED, "k-kept", "m", sinks=[chat])
+        assert chat.sent == []
+        with pytest.raises(RuntimeError), session.begin_nested():
+            raise_alert(session, settings(), EXPORT_FAILED, "k-undone", "m", sinks=[chat])
+            raise RuntimeError("this row fails")
+        assert chat.sent == []
+    assert [a.dedup_key for a in chat.sent] == ["k-kept"]
+    assert [(row.dedup_key, row.delivered_at is not None) for row in rows(db)] == [("k-kept", True)]
+
+
+def test_held_alerts_are_sent_when_the_caller_lets_go(db: Database) -> None:
+    chat = Recording("chat", True)
+    with db.session() as session:
+        hold_deliveries(session)
+        raise_alert(session, settings(), EXPORT_FAILED, "k-held", "m", sinks=[chat])
+    assert chat.sent == []  # committed, still held
+    deliver_held(session)
+    assert [a.dedup_key for a in chat.sent] == ["k-held"]
 
 
 def test_signature_spike_alert(db: Database) -> None:
