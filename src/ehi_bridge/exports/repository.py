@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import insert, or_, select
@@ -18,22 +18,29 @@ def get(session: Session, export_id: int, *, for_update: bool = False) -> Export
     return session.get(Export, export_id, with_for_update=for_update or None)
 
 
-def by_task_id(session: Session, task_id: str) -> Export | None:
-    return session.scalars(select(Export).where(Export.task_id == task_id)).one_or_none()
-
-
-def waiting_without_task(session: Session, connection_id: str) -> Export | None:
-    """The newest export we asked for whose task id we have not recorded yet."""
+def for_export_events(
+    session: Session, task_ids: Collection[str], connection_ids: Collection[str]
+) -> Sequence[Export]:
+    """What a batch of export events can name: the exports of these Fasten tasks, and the
+    ones of these connections still waiting for a task id; oldest first."""
+    if not task_ids and not connection_ids:
+        return []
     return session.scalars(
         select(Export)
         .where(
-            Export.connection_id == connection_id,
-            Export.task_id.is_(None),
-            Export.status.in_(ExportStatus.WAITING),
+            or_(
+                Export.task_id.in_(task_ids),
+                Export.connection_id.in_(connection_ids)
+                & Export.task_id.is_(None)
+                & Export.status.in_(ExportStatus.WAITING),
+            )
         )
-        .order_by(Export.id.desc())
-        .limit(1)
-    ).one_or_none()
+        .order_by(Export.id)
+    ).all()
+
+
+def by_ids(session: Session, ids: Collection[int]) -> Sequence[Export]:
+    return session.scalars(select(Export).where(Export.id.in_(ids)).order_by(Export.id)).all()
 
 
 def active_for_connection(session: Session, connection_id: str) -> Sequence[Export]:

@@ -109,6 +109,30 @@ class _Parsed:
 
 
 @dataclass
+class _BatchExports:
+    """The exports a batch's export events can name, loaded once for the batch: by Fasten
+    task id, and per connection the ones still waiting for a task id (oldest first)."""
+
+    by_task: dict[str, Export] = field(default_factory=dict)
+    waiting: dict[str, list[Export]] = field(default_factory=dict)
+
+    def add(self, export: Export) -> None:
+        if export.task_id:
+            self.by_task[export.task_id] = export
+        elif export.status in ExportStatus.WAITING:
+            self.waiting.setdefault(export.connection_id, []).append(export)
+
+    def take_waiting(self, connection_id: str) -> Export | None:
+        """The newest export of the connection still waiting for its task id."""
+        waiting = self.waiting.get(connection_id, [])
+        while waiting:
+            export = waiting.pop()
+            if export.task_id is None and export.status in ExportStatus.WAITING:
+                return export
+        return None
+
+
+@dataclass
 class _Context:
     """What the appliers of one batch share: settings, the locked connections, follow-ups."""
 
@@ -116,15 +140,40 @@ class _Context:
     settings: Settings
     connections: dict[str, Connection]
     follow_ups: list[outbox_repo.FollowUp] = field(default_factory=list)
+    exports: _BatchExports = field(default_factory=_BatchExports)
     # Connections whose new export is written with the next read of exports, or at the end:
     # one INSERT for a batch of onboardings instead of a flush per connection.
     exports_to_request: list[str] = field(default_factory=list)
 
 
-def _write_requested_exports(ctx: _Context) -> None:
-    if ctx.exports_to_request:
-        exports_repo.create_requested(ctx.session, ctx.exports_to_request, trigger="auto")
-        ctx.exports_to_request.clear()
+_EXPORT_EVENTS = frozenset({schemas.EXPORT_SUCCESS, schemas.EXPORT_FAILED})
+
+
+def _load_exports(ctx: _Context, parsed: Sequence[_Parsed]) -> None:
+    task_ids: set[str] = set()
+    connection_ids: set[str] = set()
+    for item in parsed:
+        if item.row.event_type not in _EXPORT_EVENTS:
+            continue
+        data: schemas.ExportSuccess | schemas.ExportFailed = item.data  # type: ignore[assignment]
+        if data.task_id:
+            task_ids.add(data.task_id)
+        connection = _connection(ctx, data.org_connection_id)
+        if connection is not None:
+            connection_ids.add(connection.id)
+    ctx.exports = _BatchExports()
+    for export in exports_repo.for_export_events(ctx.session, task_ids, connection_ids):
+        ctx.exports.add(export)
+
+
+def _write_requested_exports(ctx: _Context, *, index: bool = True) -> None:
+    if not ctx.exports_to_request:
+        return
+    ids = exports_repo.create_requested(ctx.session, ctx.exports_to_request, trigger="auto")
+    ctx.exports_to_request.clear()
+    if index:  # export events later in the batch may name them
+        for export in exports_repo.by_ids(ctx.session, ids):
+            ctx.exports.add(export)
 
 
 def _event_time(envelope: schemas.Envelope, row: PendingEvent) -> datetime:
@@ -178,9 +227,10 @@ def apply_batch(
         try:
             with session.begin_nested():
                 ctx.connections = connections_repo.lock_for_events(session, _touched(parsed))
+                _load_exports(ctx, parsed)
                 for item in parsed:
                     _APPLIERS[item.row.event_type](ctx, item.row, item.data, item.at)
-                _write_requested_exports(ctx)
+                _write_requested_exports(ctx, index=False)
             result.applied = [item.row.id for item in parsed]
         except Exception:
             # One row's write failed: redo each row alone to find it; the rest still apply.
@@ -194,8 +244,9 @@ def apply_batch(
                         ctx.connections = connections_repo.lock_for_events(
                             session, _touched([item])
                         )
+                        _load_exports(ctx, [item])
                         _APPLIERS[item.row.event_type](ctx, item.row, item.data, item.at)
-                        _write_requested_exports(ctx)
+                        _write_requested_exports(ctx, index=False)
                     result.applied.append(item.row.id)
                 except OwnershipConflict as conflict:
                     del ctx.follow_ups[mark:]
@@ -380,18 +431,21 @@ def reauthorize_if_confirmed(
 
 def _export_for_task(ctx: _Context, connection: Connection, task_id: str | None) -> Export:
     _write_requested_exports(ctx)
-    session = ctx.session
-    if task_id:
-        export = exports_repo.by_task_id(session, task_id)
-        if export is not None:
-            return export
-    export = exports_repo.waiting_without_task(session, connection.id)
+    if task_id and (known := ctx.exports.by_task.get(task_id)) is not None:
+        return known
+    export = ctx.exports.take_waiting(connection.id)
     if export is not None:
         export.task_id = task_id
-        return export
-    return exports_repo.create(
-        session, connection.id, trigger="webhook", status=ExportStatus.PENDING, task_id=task_id
-    )
+    else:
+        export = exports_repo.create(
+            ctx.session,
+            connection.id,
+            trigger="webhook",
+            status=ExportStatus.PENDING,
+            task_id=task_id,
+        )
+    ctx.exports.add(export)
+    return export
 
 
 def _export_success(ctx: _Context, row: PendingEvent, data: Any, at: datetime) -> None:
@@ -413,7 +467,6 @@ def _export_success(ctx: _Context, row: PendingEvent, data: Any, at: datetime) -
     export.stats_total = event.stats.total_resources
     export.stats_by_type = event.stats.total_by_resource_type
     export.failure_reason = None
-    ctx.session.flush()
     ctx.follow_ups.append(outbox_repo.ingest_export(export.id, "webhook"))
 
 
@@ -428,7 +481,6 @@ def _export_failed(ctx: _Context, row: PendingEvent, data: Any, at: datetime) ->
         return
     reason = known_failure_reason(event.failure_reason)
     export.failure_reason = reason
-    ctx.session.flush()
     raise_alert(
         ctx.session,
         ctx.settings,
