@@ -12,11 +12,15 @@ Three threads, none of which sleeps while holding anything:
 - the launcher starts the outbox's workflows (DBOS, under the row's workflow id, so a
   crash between start and stamp starts nothing twice) and runs the sweep every few
   seconds (deadlines due, stalled exports);
-- DBOS's own event loop runs the export workflows as coroutines.
+- the workflow loop (an asyncio loop of our own, adopted by DBOS as its main loop) runs
+  every export workflow as a coroutine. They are started there with
+  ``start_workflow_async``: DBOS's synchronous ``start_workflow`` would hold a thread per
+  workflow until it ends, a thousand threads while a thousand exports wait for a slot.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -74,6 +78,7 @@ class Runtime:
     _batch: int = 0  # the applier's current batch size (SQLite steers it)
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: ExecutorLock | None = None
+    _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
 
     def wake(self) -> None:
         """New inbox rows may be waiting (the applier also polls)."""
@@ -90,7 +95,9 @@ class Runtime:
             self._lock.acquire()
         limits = StageLimits.from_settings(self.settings)
         install(BackgroundContext(self.settings, self.db, limits))
-        _launch_dbos(self.settings)
+        loop_thread = threading.Thread(target=self._loop.run_forever, name="workflows", daemon=True)
+        loop_thread.start()
+        self._in_loop(_launch_on_running_loop(self.settings))
         keep_parser_ready()
         for name, target in (("applier", self._apply_loop), ("launcher", self._launch_loop)):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -105,6 +112,7 @@ class Runtime:
         for thread in self._threads:
             thread.join(timeout=10)
         DBOS.destroy(workflow_completion_timeout_sec=5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
         stop_ready_parser()
         install(None)
         if self._lock is not None:
@@ -165,12 +173,25 @@ class Runtime:
         """Start the workflows of up to a batch of outbox rows; how many rows there were."""
         with self.db.session() as session:
             items = outbox_repo.claim_not_started(session, LAUNCH_BATCH)
-            for item in items:
-                workflow, subject = WORKFLOWS[item.kind]
-                with SetWorkflowID(item.workflow_id):
-                    DBOS.start_workflow(workflow, subject(item.subject))
+            if items:
+                self._in_loop(_start_workflows(items))
             outbox_repo.mark_started(session, [i.workflow_id for i in items], utcnow())
         return len(items)
+
+    def _in_loop(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+
+async def _start_workflows(items: list[outbox_repo.FollowUp]) -> None:
+    for item in items:
+        workflow, subject = WORKFLOWS[item.kind]
+        with SetWorkflowID(item.workflow_id):
+            await DBOS.start_workflow_async(workflow, subject(item.subject))
+
+
+async def _launch_on_running_loop(settings: Settings) -> None:
+    """DBOS adopts the loop it is launched on: workflows it recovers run there too."""
+    _launch_dbos(settings)
 
 
 def _sqlite_system_engine(url: str) -> Any:

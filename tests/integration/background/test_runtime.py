@@ -1,0 +1,64 @@
+"""The background runtime as serve's child runs it, in this process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from ehi_bridge.config import Settings
+from ehi_bridge.connections import repository as connections_repo
+from ehi_bridge.db.engine import Database
+from ehi_bridge.exports import repository as exports_repo
+from ehi_bridge.outbox.models import OutboxItem
+from ehi_bridge.runtime import Runtime
+from tests.support import free_port
+
+WAITING_EXPORTS = 40
+
+
+def _started(db: Database) -> int:
+    with db.read_session() as session:
+        return (
+            session.scalar(
+                select(func.count())
+                .select_from(OutboxItem)
+                .where(OutboxItem.started_at.is_not(None))
+            )
+            or 0
+        )
+
+
+def test_workflows_waiting_for_a_slot_hold_no_thread(db: Database, tmp_path: Path) -> None:
+    """Forty export requests wait for Fasten's pace (one request per 100 s): they wait as
+    coroutines on the workflow loop, not as forty blocked threads."""
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=db.url,
+        data_dir=str(tmp_path / "data"),
+        test_public_id="public_test_rt",
+        test_private_key="private_test_rt",
+        fasten_api_url=f"http://127.0.0.1:{free_port()}/v1",  # nothing listens
+        fasten_requests_per_second=0.01,
+        executor_id="runtime-test",
+    )
+    with db.session() as session:
+        for n in range(WAITING_EXPORTS):
+            connection = connections_repo.create(
+                session, f"org-rt-{n}", api_mode="test", status="authorized"
+            )
+            exports_repo.create(session, connection.id, trigger="manual")
+    threads_before = threading.active_count()
+    runtime = Runtime(settings, db)
+    runtime.start()
+    try:
+        deadline = time.monotonic() + 60
+        while _started(db) < WAITING_EXPORTS and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _started(db) == WAITING_EXPORTS
+        time.sleep(1.0)  # let every started workflow reach its wait
+        assert threading.active_count() - threads_before < WAITING_EXPORTS // 2
+    finally:
+        runtime.stop()
