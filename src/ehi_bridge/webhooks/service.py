@@ -146,16 +146,13 @@ class _Context:
     exports_to_request: list[str] = field(default_factory=list)
 
 
-_EXPORT_EVENTS = frozenset({schemas.EXPORT_SUCCESS, schemas.EXPORT_FAILED})
-
-
 def _load_exports(ctx: _Context, parsed: Sequence[_Parsed]) -> None:
     task_ids: set[str] = set()
     connection_ids: set[str] = set()
     for item in parsed:
-        if item.row.event_type not in _EXPORT_EVENTS:
+        data = item.data
+        if not isinstance(data, schemas.ExportSuccess | schemas.ExportFailed):
             continue
-        data: schemas.ExportSuccess | schemas.ExportFailed = item.data  # type: ignore[assignment]
         if data.task_id:
             task_ids.add(data.task_id)
         connection = _connection(ctx, data.org_connection_id)
