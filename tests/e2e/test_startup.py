@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 
+import psutil
+
+from tests.e2e.conftest import ServerFactory
 from tests.support import ehi_command, free_port, running
 
 STARTUP_TIMEOUT = 90
@@ -80,3 +84,23 @@ def test_a_second_process_with_the_same_executor_id_refuses_to_start(
         ) as worker_proc,
     ):
         assert worker_proc.poll() is None  # a different executor id runs beside it
+
+
+def test_the_background_child_runs_niced_with_few_malloc_arenas(
+    service_env: dict[str, str], start_service: ServerFactory
+) -> None:
+    with start_service(service_env) as (proc, _base):
+        children: list[psutil.Process] = []
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not children and time.monotonic() < deadline:
+            children = [
+                child
+                for child in psutil.Process(proc.pid).children()
+                if "ehi_bridge.background.child" in child.cmdline()
+            ]
+            time.sleep(0.1)
+        (child,) = children
+        assert child.environ().get("MALLOC_ARENA_MAX") == "2"
+        while child.nice() != 5 and time.monotonic() < deadline:  # it renices as it starts
+            time.sleep(0.1)
+        assert child.nice() == 5
