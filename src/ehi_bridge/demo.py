@@ -22,8 +22,9 @@ import httpx
 import uvicorn
 from pydantic import SecretStr
 from rich.console import Console
-from sqlalchemy import select
+from sqlalchemy import select, text
 
+from ehi_bridge import stats
 from ehi_bridge.auth.connect_links import make_connect_link
 from ehi_bridge.auth.service import create_api_token, create_user
 from ehi_bridge.config import Settings
@@ -162,9 +163,7 @@ def run_demo(
             statuses = _export_statuses(service)[before:]
             result["landed"] = sum(s in ExportStatus.DONE for s in statuses)
             with service.db.read_session() as session:
-                from ehi_bridge import stats
-
-                counts = stats.collect(session)
+                counts = stats.collect(lambda sql: session.execute(text(sql)).all())
             console.print(
                 f"records landed for {result['landed']}/{patients} patients: "
                 f"{counts['resources']} FHIR resources, {counts['deliveries']} webhook deliveries"
