@@ -1,0 +1,121 @@
+"""Durable SMART syncs (DBOS async workflow): pull → ingest → reconcile → notify.
+
+Started from an outbox row (``sync-{export_id}``) written with the export, so starting it
+twice is a no-op. After a crash the engine resumes the workflow: a pull that did not finish
+runs again from the start into a fresh spool (the ingest then writes nothing it already
+has: exact repeats are no-ops), and a finished pull is not repeated. Waiting (backoff,
+``Retry-After``) holds no thread and no slot: ``asyncio.sleep`` inside the pull with the
+host slot released, ``DBOS.sleep_async`` between attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from dbos import DBOS
+
+from ehi_bridge.background.context import current
+from ehi_bridge.notify.service import notify_records_ingested
+from ehi_bridge.records.ingest import ingest_file
+from ehi_bridge.sources import service
+from ehi_bridge.sources.fetch import FailureReason, SyncError
+from ehi_bridge.sources.sync import Spool
+
+log = structlog.get_logger(__name__)
+
+PULL_ATTEMPTS = 3
+BACKOFF_SECONDS = 5.0
+TRANSIENT = frozenset(
+    {FailureReason.SERVER_ERROR, FailureReason.NETWORK_ERROR, FailureReason.RATE_LIMITED}
+)
+
+
+@DBOS.step()
+async def _pull_step(export_id: int) -> dict[str, Any]:
+    ctx = current()
+    target = await asyncio.to_thread(service.sync_target, ctx.db, export_id)
+    if target is None:
+        return {"outcome": "skip"}
+    path = service.spool_path(ctx.settings, export_id)
+    tokens = service.GrantTokens(ctx.db, ctx.settings, target.connection_id)
+    try:
+        async with ctx.limits.downloads:
+            with Spool(path) as spool:
+                result = await service.pull(ctx.settings, tokens, target, spool, ctx.source_hosts)
+    except SyncError as exc:
+        log.warning("source sync failed", export_id=export_id, reason=exc.reason)
+        return {"outcome": "error", "reason": exc.reason, "detail": str(exc)}
+    size = path.stat().st_size
+    await asyncio.to_thread(service.record_pulled, ctx.db, export_id, result.as_dict(), size)
+    log.info("source pulled", export_id=export_id, resources=result.total, pages=result.pages)
+    return {"outcome": "ok"}
+
+
+@DBOS.step()
+async def _failed_step(export_id: int, reason: str, detail: str) -> None:
+    ctx = current()
+    await asyncio.to_thread(service.sync_failed, ctx.db, ctx.settings, export_id, reason, detail)
+
+
+def _ingest(export_id: int) -> str:
+    ctx = current()
+    inputs = service.ingest_inputs(ctx.db, export_id)
+    if inputs is None:
+        return "skip"
+    connection_id, expected_total, expected_by_type, sync = inputs
+    path = service.spool_path(ctx.settings, export_id)
+    report = ingest_file(
+        ctx.db,
+        path,
+        connection_id=connection_id,
+        export_id=export_id,
+        expected_total=expected_total,
+        expected_by_type=expected_by_type,
+        source="smart",
+        quarantine_bytes=ctx.settings.quarantine_max_bytes,
+    )
+    service.record_synced(ctx.db, ctx.settings, export_id, report.as_dict(), report.complete, sync)
+    path.unlink(missing_ok=True)
+    return "complete" if report.complete else "partial"
+
+
+@DBOS.step()
+async def _ingest_step(export_id: int) -> str:
+    async with current().limits.ingests:
+        return await asyncio.to_thread(_ingest, export_id)
+
+
+@DBOS.step()
+async def _notify_step(export_id: int) -> None:
+    ctx = current()
+    if ctx.settings.downstream_url:
+        await asyncio.to_thread(notify_records_ingested, ctx.db, ctx.settings, export_id)
+
+
+@DBOS.step()
+async def _is_ingesting_step(export_id: int) -> bool:
+    ctx = current()
+    return await asyncio.to_thread(service.ingest_inputs, ctx.db, export_id) is not None
+
+
+@DBOS.workflow()
+async def sync_source_workflow(export_id: int) -> str:
+    for attempt in range(1, PULL_ATTEMPTS + 1):
+        result = await _pull_step(export_id)
+        if result["outcome"] == "ok":
+            break
+        if result["outcome"] == "skip":
+            if await _is_ingesting_step(export_id):
+                break  # pulled before a crash: ingest what is on disk
+            return "skipped"
+        reason = str(result["reason"])
+        if reason not in TRANSIENT or attempt == PULL_ATTEMPTS:
+            await _failed_step(export_id, reason, str(result["detail"]))
+            return "failed"
+        await DBOS.sleep_async(BACKOFF_SECONDS * 2 ** (attempt - 1))
+    outcome = await _ingest_step(export_id)
+    if outcome != "skip":
+        await _notify_step(export_id)
+    return outcome
