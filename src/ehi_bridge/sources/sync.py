@@ -37,6 +37,9 @@ _TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 REFERENCE_BATCH = 20
 JSON_ATTEMPTS = 2  # a broken JSON answer is asked for once more
+# Types that are not the patient's own: many servers refuse to search them by patient, which
+# is then noted, not a failure (they are also reached by following references).
+SHARED_TYPES = frozenset({"Practitioner", "PractitionerRole", "Organization", "Location"})
 
 
 class Spool:
@@ -170,17 +173,31 @@ def reference_key(reference: str, base_url: str) -> Key | None:
     return parts[0], parts[1]
 
 
-def references(resource: Any, base_url: str) -> tuple[set[Key], set[str]]:
-    """The keys this resource refers to on this server, and attachment URLs that are not
-    a ``Type/id`` (to fetch raw). Pure."""
+def conditional_reference(reference: str) -> tuple[str, str] | None:
+    """``(Type, query)`` of a conditional reference (``Practitioner?identifier=sys|value``),
+    resolved by a search. Pure."""
+    rtype, sep, query = reference.partition("?")
+    if not sep or not query or not _TYPE.match(rtype):
+        return None
+    return rtype, query
+
+
+def references(resource: Any, base_url: str) -> tuple[set[Key], set[str], set[tuple[str, str]]]:
+    """What this resource refers to on this server: keys to read, attachment URLs that are
+    not a ``Type/id`` (to fetch raw), and conditional references (to search). Pure."""
     keys: set[Key] = set()
     urls: set[str] = set()
+    lookups: set[tuple[str, str]] = set()
     for node in _walk(resource):
         ref = node.get("reference")
         if isinstance(ref, str):
             key = reference_key(ref, base_url)
             if key is not None:
                 keys.add(key)
+            else:
+                lookup = conditional_reference(ref)
+                if lookup is not None:
+                    lookups.add(lookup)
         url = node.get("url")
         if isinstance(url, str) and "contentType" in node and "data" not in node:
             key = reference_key(url, base_url)
@@ -188,7 +205,7 @@ def references(resource: Any, base_url: str) -> tuple[set[Key], set[str]]:
                 keys.add(key)
             elif url.startswith(("http://", "https://")):
                 urls.add(url)
-    return keys, urls
+    return keys, urls, lookups
 
 
 def as_binary(resource_id: str, content_type: str, body: bytes) -> bytes:
@@ -227,6 +244,7 @@ class Syncer:
         self._wanted: set[Key] = set()
         self._urls: set[str] = set()
         self._failed: set[Key] = set()
+        self._lookups: set[tuple[str, str]] = set()
 
     # --- storing ---------------------------------------------------------------------------
 
@@ -242,9 +260,10 @@ class Syncer:
                 return
             rtype, rid = fallback
         if self.spool.add((rtype, rid), raw):
-            keys, urls = references(parsed, self.client.base_url)
+            keys, urls, lookups = references(parsed, self.client.base_url)
             self._wanted |= keys
             self._urls |= urls
+            self._lookups |= lookups
             if self.progress is not None:
                 self.progress(self.spool.total)
 
@@ -314,7 +333,13 @@ class Syncer:
             params = {"patient": self.plan.patient_id, "_count": str(self.plan.page_size)}
             params.update(extra)
             label = resource_type + "".join(f"[{k}={v}]" for k, v in sorted(extra.items()))
-            await self._guarded(label, self._pages(resource_type, params))
+            try:
+                await self._guarded(label, self._pages(resource_type, params))
+            finally:
+                if resource_type in SHARED_TYPES and label in self.result.problems:
+                    reason = self.result.problems.pop(label)
+                    note = f"search_refused:{resource_type}:{reason}"
+                    self.result.incidents[note] = 1
 
     async def _everything(self) -> bool:
         try:
@@ -339,13 +364,44 @@ class Syncer:
                 if not answer.is_json:
                     self._keep(as_binary(rid, answer.content_type, answer.body), None, key)
                     return
-            answer, parsed = await self._json(f"{rtype}/{rid}")
+                try:
+                    parsed = orjson.loads(answer.body)
+                except orjson.JSONDecodeError:
+                    parsed = None
+                if not isinstance(parsed, dict):  # broken JSON: ask once more
+                    answer, parsed = await self._json(f"{rtype}/{rid}")
+            else:
+                answer, parsed = await self._json(f"{rtype}/{rid}")
             self._keep(answer.body, parsed, key)
         except SyncError as exc:
             if exc.fatal:
                 raise
             self._failed.add(key)
-            self.result.unresolved_references += 1
+
+    async def _read_many(self, rtype: str, ids: list[str]) -> None:
+        """Several resources of one type in one search (``_id=a,b,…``); those it does not
+        return are read one by one."""
+        try:
+            answer, page = await self._json(rtype, {"_id": ",".join(ids), "_count": str(len(ids))})
+            if page.get("resourceType") != "Bundle":
+                raise SyncError(FailureReason.INVALID_RESPONSE, "not a Bundle")
+            self._keep_page(answer, page)
+        except SyncError as exc:
+            if exc.fatal:
+                raise
+        missing = [(rtype, rid) for rid in ids if (rtype, rid) not in self.spool.seen]
+        await asyncio.gather(*(self._read(key) for key in missing))
+
+    async def _lookup(self, rtype: str, query: str) -> None:
+        try:
+            answer, page = await self._json(f"{rtype}?{query}")
+            if page.get("resourceType") == "Bundle":
+                self._keep_page(answer, page)
+                return
+        except SyncError as exc:
+            if exc.fatal:
+                raise
+        self.result.unresolved_references += 1
 
     async def _read_url(self, url: str) -> None:
         if not self.client.on_host(url):
@@ -371,17 +427,28 @@ class Syncer:
 
     async def _follow(self) -> None:
         fetched_urls: set[str] = set()
+        looked_up: set[tuple[str, str]] = set()
         for _ in range(self.plan.reference_rounds):
             keys = sorted(self._wanted - self.spool.seen - self._failed)
             urls = sorted(self._urls - fetched_urls)
-            if not keys and not urls:
-                return
+            lookups = sorted(self._lookups - looked_up)
+            if not keys and not urls and not lookups:
+                break
             self.result.reference_rounds += 1
             fetched_urls |= set(urls)
-            jobs = [self._read(k) for k in keys] + [self._read_url(u) for u in urls]
+            looked_up |= set(lookups)
+            by_type: dict[str, list[str]] = {}
+            for rtype, rid in keys:
+                by_type.setdefault(rtype, []).append(rid)
+            jobs: list[Any] = [self._read(("Binary", rid)) for rid in by_type.pop("Binary", [])]
+            for rtype, ids in by_type.items():
+                for start in range(0, len(ids), self.plan.page_size):
+                    jobs.append(self._read_many(rtype, ids[start : start + self.plan.page_size]))
+            jobs += [self._read_url(u) for u in urls]
+            jobs += [self._lookup(t, q) for t, q in lookups]
             for start in range(0, len(jobs), REFERENCE_BATCH):
                 await asyncio.gather(*jobs[start : start + REFERENCE_BATCH])
-        left = self._wanted - self.spool.seen - self._failed
+        left = self._wanted - self.spool.seen
         self.result.unresolved_references += len(left)
 
     async def run(self) -> SyncResult:
