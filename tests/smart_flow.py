@@ -13,7 +13,9 @@ _SCOPE = re.compile(r'name="scope" value="([^"]+)"')
 _ACTION = re.compile(r'<form method="post" action="([^"]+)"')
 
 
-def consent(authorize_url: str, patient_id: str | None = None, decision: str = "allow") -> dict[str, str]:
+def consent(
+    authorize_url: str, patient_id: str | None = None, decision: str = "allow"
+) -> dict[str, str]:
     """Open the authorize URL, choose ``patient_id`` (default: the first offered), tick every
     scope, press the button; the redirect's query parameters (``code``, ``state`` or ``error``)."""
     with httpx.Client(timeout=15) as http:

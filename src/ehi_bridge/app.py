@@ -16,6 +16,7 @@ from ehi_bridge.guard.errors import validation_error
 from ehi_bridge.guard.middleware import RequestGuard
 from ehi_bridge.ops.endpoints import router as ops_router
 from ehi_bridge.records.endpoints import router as records_router
+from ehi_bridge.sources.endpoints import router as sources_router
 
 
 def create_api(settings: Settings, db: Database) -> FastAPI:
@@ -28,6 +29,7 @@ def create_api(settings: Settings, db: Database) -> FastAPI:
     api.include_router(records_router)
     api.include_router(dashboard_router)
     api.include_router(connect_router)
+    api.include_router(sources_router)
     api.add_exception_handler(RequestValidationError, validation_error)
     api.add_middleware(RequestGuard, ctx=api.state.ctx)
     api.include_router(docs.router)

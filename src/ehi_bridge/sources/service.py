@@ -32,6 +32,8 @@ from ehi_bridge.db.engine import Database
 from ehi_bridge.exports import repository as exports_repo
 from ehi_bridge.exports.models import Export
 from ehi_bridge.exports.state import ExportEvent, ExportStatus
+from ehi_bridge.outbox import repository as outbox_repo
+from ehi_bridge.records.ingest import ingest_file
 from ehi_bridge.sources import oauth
 from ehi_bridge.sources import repository as repo
 from ehi_bridge.sources.crypto import (
@@ -659,3 +661,83 @@ async def pull(
             pace=pace.wait if pace.per_second else None,
         )
         return await Syncer(client, plan_for(settings, target), spool, progress).run()
+
+
+# --- one sync's steps (the workflow in tasks.py runs them durably) ------------------------
+
+
+async def pull_export(
+    db: Database, settings: Settings, limiter: HostLimiter, export_id: int
+) -> dict[str, Any]:
+    """Pull the export's records into its spool and record the counts; the outcome."""
+    target = await asyncio.to_thread(sync_target, db, export_id)
+    if target is None:
+        return {"outcome": "skip"}
+    path = spool_path(settings, export_id)
+    tokens = GrantTokens(db, settings, target.connection_id)
+    try:
+        with Spool(path) as spool:
+            result = await pull(settings, tokens, target, spool, limiter)
+    except SyncError as exc:
+        log.warning("source sync failed", export_id=export_id, reason=exc.reason)
+        return {"outcome": "error", "reason": exc.reason, "detail": str(exc)}
+    size = path.stat().st_size
+    await asyncio.to_thread(record_pulled, db, export_id, result.as_dict(), size)
+    log.info("source pulled", export_id=export_id, resources=result.total, pages=result.pages)
+    return {"outcome": "ok", "total": result.total}
+
+
+def ingest_export(db: Database, settings: Settings, export_id: int) -> str:
+    """Ingest a pulled spool with the records ingest (same store, reconciliation, run)."""
+    inputs = ingest_inputs(db, export_id)
+    if inputs is None:
+        return "skip"
+    connection_id, expected_total, expected_by_type, sync = inputs
+    path = spool_path(settings, export_id)
+    report = ingest_file(
+        db,
+        path,
+        connection_id=connection_id,
+        export_id=export_id,
+        expected_total=expected_total,
+        expected_by_type=expected_by_type,
+        source="smart",
+        quarantine_bytes=settings.quarantine_max_bytes,
+    )
+    record_synced(db, settings, export_id, report.as_dict(), report.complete, sync)
+    path.unlink(missing_ok=True)
+    return "complete" if report.complete and not sync.get("problems") else "partial"
+
+
+async def run_sync(db: Database, settings: Settings, limiter: HostLimiter, export_id: int) -> str:
+    """One sync, here and now (CLI, tests): pull, then ingest, or record the failure. The
+    background runs the same steps durably (``sources/tasks.py``)."""
+    pulled = await pull_export(db, settings, limiter, export_id)
+    if pulled["outcome"] == "error":
+        await asyncio.to_thread(
+            sync_failed, db, settings, export_id, str(pulled["reason"]), str(pulled["detail"])
+        )
+        return "failed"
+    if pulled["outcome"] == "skip" and ingest_inputs(db, export_id) is None:
+        return "skipped"
+    return await asyncio.to_thread(ingest_export, db, settings, export_id)
+
+
+def start_sync_here(db: Database, connection_id: str, trigger: str = "manual") -> int:
+    """A new sync export of a smart connection that this process runs itself: its outbox
+    row is written already started, so no background process starts it too."""
+    with db.session() as session:
+        connection = connections_repo.find(session, connection_id)
+        if connection is None:
+            raise LookupError(connection_id)
+        if connection.source != "smart":
+            raise SourceConfigError(f"connection {connection.id} is not a SMART connection")
+        if connection.status != ConnectionStatus.AUTHORIZED:
+            raise SourceConfigError(f"connection {connection.id} is {connection.status}")
+        if exports_repo.active_for_connection(session, connection.id):
+            raise SourceConfigError(f"connection {connection.id} has a sync in progress")
+        export = exports_repo.create(session, connection.id, trigger=trigger, source="smart")
+        outbox_repo.mark_started(
+            session, [outbox_repo.sync_source(export.id).workflow_id], utcnow()
+        )
+        return export.id

@@ -18,10 +18,8 @@ from dbos import DBOS
 
 from ehi_bridge.background.context import current
 from ehi_bridge.notify.service import notify_records_ingested
-from ehi_bridge.records.ingest import ingest_file
 from ehi_bridge.sources import service
-from ehi_bridge.sources.fetch import FailureReason, SyncError
-from ehi_bridge.sources.sync import Spool
+from ehi_bridge.sources.fetch import FailureReason
 
 log = structlog.get_logger(__name__)
 
@@ -35,22 +33,8 @@ TRANSIENT = frozenset(
 @DBOS.step()
 async def _pull_step(export_id: int) -> dict[str, Any]:
     ctx = current()
-    target = await asyncio.to_thread(service.sync_target, ctx.db, export_id)
-    if target is None:
-        return {"outcome": "skip"}
-    path = service.spool_path(ctx.settings, export_id)
-    tokens = service.GrantTokens(ctx.db, ctx.settings, target.connection_id)
-    try:
-        async with ctx.limits.downloads:
-            with Spool(path) as spool:
-                result = await service.pull(ctx.settings, tokens, target, spool, ctx.source_hosts)
-    except SyncError as exc:
-        log.warning("source sync failed", export_id=export_id, reason=exc.reason)
-        return {"outcome": "error", "reason": exc.reason, "detail": str(exc)}
-    size = path.stat().st_size
-    await asyncio.to_thread(service.record_pulled, ctx.db, export_id, result.as_dict(), size)
-    log.info("source pulled", export_id=export_id, resources=result.total, pages=result.pages)
-    return {"outcome": "ok"}
+    async with ctx.limits.downloads:
+        return await service.pull_export(ctx.db, ctx.settings, ctx.source_hosts, export_id)
 
 
 @DBOS.step()
@@ -59,32 +43,11 @@ async def _failed_step(export_id: int, reason: str, detail: str) -> None:
     await asyncio.to_thread(service.sync_failed, ctx.db, ctx.settings, export_id, reason, detail)
 
 
-def _ingest(export_id: int) -> str:
-    ctx = current()
-    inputs = service.ingest_inputs(ctx.db, export_id)
-    if inputs is None:
-        return "skip"
-    connection_id, expected_total, expected_by_type, sync = inputs
-    path = service.spool_path(ctx.settings, export_id)
-    report = ingest_file(
-        ctx.db,
-        path,
-        connection_id=connection_id,
-        export_id=export_id,
-        expected_total=expected_total,
-        expected_by_type=expected_by_type,
-        source="smart",
-        quarantine_bytes=ctx.settings.quarantine_max_bytes,
-    )
-    service.record_synced(ctx.db, ctx.settings, export_id, report.as_dict(), report.complete, sync)
-    path.unlink(missing_ok=True)
-    return "complete" if report.complete else "partial"
-
-
 @DBOS.step()
 async def _ingest_step(export_id: int) -> str:
     async with current().limits.ingests:
-        return await asyncio.to_thread(_ingest, export_id)
+        ctx = current()
+        return await asyncio.to_thread(service.ingest_export, ctx.db, ctx.settings, export_id)
 
 
 @DBOS.step()
