@@ -11,6 +11,7 @@ import pytest
 
 from ehi_bridge.config import Settings
 from ehi_bridge.db.engine import Database
+from ehi_bridge.records.ingest import keep_parser_ready, stop_ready_parser
 from ehi_bridge.simulator.smart.server import SmartSandbox
 from ehi_bridge.sources import service
 from tests.smart_flow import consent
@@ -50,6 +51,14 @@ class Sandbox:
         self.control("DELETE", "/faults")
         self.control("POST", "/stats/reset")
         self.control("POST", "/settings", json={"access_token_ttl_seconds": 300})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ready_parser() -> Iterator[None]:
+    """A parser process booted ahead of each ingest, as the background runtime keeps one."""
+    keep_parser_ready()
+    yield
+    stop_ready_parser()
 
 
 @pytest.fixture(scope="module")
