@@ -17,6 +17,7 @@ from ehi_bridge.guard.middleware import RequestGuard
 from ehi_bridge.ops.endpoints import router as ops_router
 from ehi_bridge.records.endpoints import router as records_router
 from ehi_bridge.sources.endpoints import router as sources_router
+from ehi_bridge.sources.definitions import use_user_definitions
 
 
 def create_api(settings: Settings, db: Database) -> FastAPI:
@@ -24,6 +25,7 @@ def create_api(settings: Settings, db: Database) -> FastAPI:
     # /docs and /redoc come from docs.router with assets served here, not from a CDN.
     api = FastAPI(title="ehi-bridge", version="0.1.0", docs_url=None, redoc_url=None)
     api.state.ctx = AppContext(settings=settings, db=db)
+    use_user_definitions(settings.sources_definitions_file)
     api.include_router(ops_router)
     api.include_router(api_router)
     api.include_router(records_router)

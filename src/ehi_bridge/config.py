@@ -147,6 +147,10 @@ class Settings(BaseSettings):
     sources_catalog_file: Path | None = None
     """A JSON file listing more institutions (`[{"id", "name", "platform", "fhir_base_url"}]`),
     added to the shipped catalog of SMART sources (same id: the file's entry wins)."""
+    sources_definitions_file: Path | None = None
+    """A JSON file listing more SMART platform definitions (same fields as the shipped
+    ones; same id: the file's entry wins). The developer console (`ehi-bridge sources
+    console`) saves working registrations here."""
     source_client_ids: dict[str, str] = {}
     """This installation's client id registered with each SMART platform (JSON object of
     platform id to client id, e.g. `{"epic": "abc"}`)."""

@@ -5,7 +5,10 @@ authorization works, which token-endpoint authentication it wants, and the quirk
 FHIR searches. An *institution* is one hospital's FHIR base URL on a platform. Both ship as
 JSON beside this module (``platforms/``); more institutions can be listed in a file named
 by ``EHI_SOURCES_CATALOG_FILE`` (same shape as ``platforms/catalog.json``), so a user can
-add their hospital without code. Pure apart from reading those files.
+add their hospital without code; more platforms in a file named by
+``EHI_SOURCES_DEFINITIONS_FILE`` (a JSON list of platforms; the developer console saves
+working registrations there; see :func:`use_user_definitions`). Pure apart from reading
+those files.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ class Platform(BaseModel):
     sandbox_profile: str | None = None
     """A profile of the simulator's SMART sandbox: its base URL comes from the setting."""
     default_client_id: str | None = None
+    response_mode: Literal["query", "fragment"] | None = None
+    """Ask for the code in the redirect's query (default) or fragment (``response_mode``)."""
 
     def endpoint(self, template: str | None, fhir_base_url: str) -> str | None:
         if template is None:
@@ -102,9 +107,43 @@ class CatalogError(ValueError):
     """The catalog file is unreadable or names an unknown platform."""
 
 
+_user_file: Path | None = None
+
+
+def use_user_definitions(path: Path | None) -> None:
+    """Also load the platforms of ``path`` (a JSON list; same id as a shipped one: the
+    file's wins). Called once at start with the setting."""
+    global _user_file
+    if path != _user_file:
+        _user_file = path
+        definitions.cache_clear()
+
+
+def read_user_platforms(path: Path) -> list[Platform]:
+    """The platforms of a user definitions file (none when it does not exist yet)."""
+    try:
+        raw = json.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise CatalogError(f"{path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(raw, list):
+        raise CatalogError(f"{path}: expected a JSON list of platforms")
+    try:
+        return [Platform.model_validate(p) for p in raw]
+    except ValueError as exc:
+        raise CatalogError(f"{path}: {exc}") from exc
+
+
 @cache
 def definitions() -> Definitions:
-    return Definitions.model_validate_json(PLATFORMS_FILE.read_bytes())
+    shipped = Definitions.model_validate_json(PLATFORMS_FILE.read_bytes())
+    if _user_file is None:
+        return shipped
+    extra = read_user_platforms(_user_file)
+    ids = {p.id for p in extra}
+    platforms = tuple(p for p in shipped.platforms if p.id not in ids) + tuple(extra)
+    return shipped.model_copy(update={"platforms": platforms})
 
 
 def load_catalog(extra_file: Path | None = None) -> list[Institution]:
