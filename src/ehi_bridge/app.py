@@ -16,8 +16,8 @@ from ehi_bridge.guard.errors import validation_error
 from ehi_bridge.guard.middleware import RequestGuard
 from ehi_bridge.ops.endpoints import router as ops_router
 from ehi_bridge.records.endpoints import router as records_router
-from ehi_bridge.sources.endpoints import router as sources_router
 from ehi_bridge.sources.definitions import use_user_definitions
+from ehi_bridge.sources.endpoints import router as sources_router
 
 
 def create_api(settings: Settings, db: Database) -> FastAPI:

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import typer
 
+from ehi_bridge.sources.console.cli import console_command
+
 app = typer.Typer(no_args_is_help=True, help="SMART-on-FHIR sources: platforms and syncs.")
+app.command("console")(console_command)
 
 
 @app.command("list")

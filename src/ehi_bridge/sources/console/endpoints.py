@@ -135,7 +135,9 @@ async def callback_page(
     error_description: str | None = None,
 ) -> Response:
     if error:
-        return _failed(request, f"The authorization server answered {error}: {error_description or ''}")
+        return _failed(
+            request, f"The authorization server answered {error}: {error_description or ''}"
+        )
     if code and state:
         try:
             session = await run_in_threadpool(_console(request).complete, state, code)
@@ -296,7 +298,7 @@ class ConsoleGuard(BaseHTTPMiddleware):
                 return Response("cross-origin request refused", 403, media_type="text/plain")
         response = await call_next(request)
         response.headers.setdefault("Content-Security-Policy", CSP)
-        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Referrer-Policy"] = "same-origin"
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["X-Frame-Options"] = "DENY"
         response.headers.setdefault("Cache-Control", "no-store")
@@ -305,7 +307,9 @@ class ConsoleGuard(BaseHTTPMiddleware):
 
 def create_console_app(console: Console, token: str | None = None) -> FastAPI:
     """The console's ASGI app; ``token`` set: every request must carry it."""
-    app = FastAPI(title="ehi-bridge source console", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="ehi-bridge source console", docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.console = console
     app.include_router(router)
     app.add_middleware(ConsoleGuard, token=token)

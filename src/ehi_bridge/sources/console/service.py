@@ -66,6 +66,7 @@ class SourceSpec:
     quirks: str  # the shipped platform whose search quirks apply
     custom: bool
     client_secret: str | None = field(default=None, repr=False)
+    requests_per_second: float | None = None  # None: the quirks platform's pace
 
     def platform(self) -> Platform:
         """A platform definition for this source (the quirks platform's searches)."""
@@ -88,6 +89,9 @@ class SourceSpec:
                 "response_mode": self.response_mode,
                 "sandbox_profile": None,
                 "default_client_id": self.client_id,
+                "requests_per_second": base.requests_per_second
+                if self.requests_per_second is None
+                else self.requests_per_second,
             }
         )
 
@@ -258,6 +262,13 @@ class Console:
         token = form.get("token_endpoint", "").strip()
         scopes = split_scopes(form.get("scopes", "") or DEFAULT_SCOPES)
         quirks = form.get("quirks", "generic") or "generic"
+        pace_text = form.get("requests_per_second", "").strip()
+        try:
+            pace = float(pace_text) if pace_text else None
+        except ValueError:
+            raise ConsoleError("requests per second must be a number") from None
+        if pace is not None and not 0 <= pace <= 1000:
+            raise ConsoleError("requests per second must be between 0 and 1000")
         try:
             definitions().platform(quirks)
         except KeyError:
@@ -277,6 +288,7 @@ class Console:
             quirks=quirks,
             custom=True,
             client_secret=secret,
+            requests_per_second=pace,
         )
 
     def _credentials(self, spec: SourceSpec) -> oauth.ClientCredentials:
@@ -384,7 +396,9 @@ class Console:
         status, content type and the body as received."""
         base = session.spec.fhir_base_url
         target = path_or_url.strip()
-        url = target if target.startswith(("http://", "https://")) else f"{base}/{target.lstrip('/')}"
+        url = (
+            target if target.startswith(("http://", "https://")) else f"{base}/{target.lstrip('/')}"
+        )
         if urlsplit(url).netloc.lower() != urlsplit(base).netloc.lower():
             raise ConsoleError("only URLs on the source's FHIR server can be read")
         platform = session.spec.platform()
@@ -467,14 +481,16 @@ class Console:
         """Write the source as a platform definition into the user definitions file (no
         secret: the client secret belongs in ``EHI_SOURCE_CLIENT_SECRETS``)."""
         if self.definitions_file is None:
-            raise ConsoleError("no definitions file (--definitions-file or SOURCES_DEFINITIONS_FILE)")
+            raise ConsoleError(
+                "no definitions file (--definitions-file or SOURCES_DEFINITIONS_FILE)"
+            )
         platform = session.spec.platform()
         platform = platform.model_copy(update={"name": platform.name, "sandbox_profile": None})
         path = Path(self.definitions_file)
         with self._lock:
             existing = [p for p in read_user_platforms(path) if p.id != platform.id]
-            data = [p.model_dump(mode="json", exclude_defaults=True) for p in existing]
-            data.append(platform.model_dump(mode="json", exclude_defaults=True))
+            data = [p.model_dump(mode="json", exclude_none=True) for p in existing]
+            data.append(platform.model_dump(mode="json", exclude_none=True))
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
