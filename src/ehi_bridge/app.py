@@ -17,6 +17,7 @@ from ehi_bridge.guard.middleware import RequestGuard
 from ehi_bridge.ops.endpoints import router as ops_router
 from ehi_bridge.records.endpoints import router as records_router
 from ehi_bridge.sources.definitions import use_user_definitions
+from ehi_bridge.sources.endpoints import api_router as sources_api_router
 from ehi_bridge.sources.endpoints import router as sources_router
 
 
@@ -32,6 +33,7 @@ def create_api(settings: Settings, db: Database) -> FastAPI:
     api.include_router(dashboard_router)
     api.include_router(connect_router)
     api.include_router(sources_router)
+    api.include_router(sources_api_router)
     api.add_exception_handler(RequestValidationError, validation_error)
     api.add_middleware(RequestGuard, ctx=api.state.ctx)
     api.include_router(docs.router)

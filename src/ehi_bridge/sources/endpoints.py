@@ -14,17 +14,48 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query
 from fastapi.responses import HTMLResponse, JSONResponse
 from markupsafe import escape
 from pydantic import BaseModel, Field
 
-from ehi_bridge.auth.dependencies import ApiActor
+from ehi_bridge.api.schemas import Problem
+from ehi_bridge.auth.dependencies import require_api_token
 from ehi_bridge.deps import DatabaseDep, SettingsDep
 from ehi_bridge.sources import service
 from ehi_bridge.sources.definitions import definitions
 
-router = APIRouter()
+router = APIRouter()  # public: the JWKS and the EHR's redirect
+api_router = APIRouter(
+    prefix="/api/sources", tags=["sources"], dependencies=[Depends(require_api_token)]
+)
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "Unknown platform or institution, or a bad URL"},
+    401: {"model": Problem, "description": "Missing or invalid API token"},
+}
+
+
+class PlatformItem(BaseModel):
+    id: str
+    name: str
+    token_auth: str
+    everything: bool
+
+
+class InstitutionItem(BaseModel):
+    id: str
+    name: str
+    platform: str
+    fhir_base_url: str
+
+
+class SourcesList(BaseModel):
+    platforms: list[PlatformItem]
+    institutions: list[InstitutionItem]
+
+
+class AuthorizeStarted(BaseModel):
+    authorize_url: str
 
 
 @router.get("/.well-known/jwks.json", include_in_schema=False)
@@ -33,20 +64,20 @@ async def jwks(db: DatabaseDep, settings: SettingsDep) -> JSONResponse:
     return JSONResponse(keys, headers={"Cache-Control": "public, max-age=300"})
 
 
-@router.get("/api/sources", tags=["sources"])
-def list_sources(settings: SettingsDep, actor: ApiActor) -> dict[str, Any]:
+@api_router.get("", response_model=SourcesList, responses=RESPONSES)
+def list_sources(settings: SettingsDep) -> SourcesList:
     """Platforms this service can connect to, and the institution catalog."""
     try:
         catalog = service.catalog(settings)
     except ValueError as exc:
         raise HTTPException(500, "the institution catalog cannot be read") from exc
-    return {
-        "platforms": [
-            {"id": p.id, "name": p.name, "token_auth": p.token_auth, "everything": p.everything}
+    return SourcesList(
+        platforms=[
+            PlatformItem(id=p.id, name=p.name, token_auth=p.token_auth, everything=p.everything)
             for p in definitions().platforms
         ],
-        "institutions": [i.model_dump() for i in catalog],
-    }
+        institutions=[InstitutionItem(**i.model_dump()) for i in catalog],
+    )
 
 
 class AuthorizeBody(BaseModel):
@@ -57,10 +88,8 @@ class AuthorizeBody(BaseModel):
     connection_id: str | None = Field(default=None, max_length=64)
 
 
-@router.post("/api/sources/authorize", tags=["sources"])
-def authorize(
-    body: AuthorizeBody, db: DatabaseDep, settings: SettingsDep, actor: ApiActor
-) -> dict[str, str]:
+@api_router.post("/authorize", response_model=AuthorizeStarted, responses=RESPONSES)
+def authorize(body: AuthorizeBody, db: DatabaseDep, settings: SettingsDep) -> AuthorizeStarted:
     """Start an authorization: the URL to send the patient to (valid 30 minutes)."""
     try:
         start = service.begin_authorization(
@@ -74,7 +103,7 @@ def authorize(
         )
     except service.SourceConfigError as exc:
         raise HTTPException(400, str(exc)) from None
-    return {"authorize_url": start.url}
+    return AuthorizeStarted(authorize_url=start.url)
 
 
 def _page(title: str, message: str, status: int) -> HTMLResponse:

@@ -21,7 +21,12 @@ import httpx
 import structlog
 from sqlalchemy.orm import Session
 
-from ehi_bridge.alerts.service import raise_alert
+from ehi_bridge.alerts.service import (
+    SOURCE_REAUTH_REQUIRED,
+    SOURCE_SYNC_FAILED,
+    SOURCE_SYNC_PARTIAL,
+    raise_alert,
+)
 from ehi_bridge.auth.service import instance_secret
 from ehi_bridge.background.limits import Pace
 from ehi_bridge.config import Settings
@@ -65,9 +70,6 @@ from ehi_bridge.sources.sync import Spool, Syncer, SyncPlan, SyncResult
 log = structlog.get_logger(__name__)
 
 TOKEN_LEEWAY = timedelta(seconds=30)  # refresh this long before the token expires
-SOURCE_REAUTH_REQUIRED = "source_reauth_required"
-SOURCE_SYNC_FAILED = "source_sync_failed"
-SOURCE_SYNC_PARTIAL = "source_sync_partial"
 
 
 class SourceConfigError(ValueError):

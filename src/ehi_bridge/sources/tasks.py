@@ -32,9 +32,10 @@ TRANSIENT = frozenset(
 
 @DBOS.step()
 async def _pull_step(export_id: int) -> dict[str, Any]:
+    # No stage slot around the pull: it waits out Retry-After inside, and a wait must hold
+    # nothing. Its requests take the per-host slots (released while waiting) instead.
     ctx = current()
-    async with ctx.limits.downloads:
-        return await service.pull_export(ctx.db, ctx.settings, ctx.source_hosts, export_id)
+    return await service.pull_export(ctx.db, ctx.settings, ctx.source_hosts, export_id)
 
 
 @DBOS.step()
