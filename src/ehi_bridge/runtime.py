@@ -46,6 +46,7 @@ from ehi_bridge.outbox import repository as outbox_repo
 from ehi_bridge.outbox.models import OutboxKind
 from ehi_bridge.records.ingest import keep_parser_ready, stop_ready_parser
 from ehi_bridge.sources import service as sources_service
+from ehi_bridge.sources.definitions import use_user_definitions
 from ehi_bridge.sources.fetch import HostLimiter
 from ehi_bridge.sources.tasks import sync_source_workflow
 from ehi_bridge.webhooks import repository as inbox_repo
@@ -93,6 +94,7 @@ class Runtime:
             )
             self._lock.acquire()
         limits = StageLimits.from_settings(self.settings)
+        use_user_definitions(self.settings.sources_definitions_file)
         hosts = HostLimiter(self.settings.source_max_in_flight_per_host)
         install(BackgroundContext(self.settings, self.db, limits, source_hosts=hosts))
         _launch_dbos(self.settings)

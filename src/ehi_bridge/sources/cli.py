@@ -26,9 +26,10 @@ def list_sources() -> None:
     from rich.table import Table
 
     from ehi_bridge.config import Settings
-    from ehi_bridge.sources.definitions import definitions, load_catalog
+    from ehi_bridge.sources.definitions import definitions, load_catalog, use_user_definitions
 
     settings = Settings()
+    use_user_definitions(settings.sources_definitions_file)
     platforms = Table("platform", "name", "client auth", "$everything", "searches with extras")
     for p in definitions().platforms:
         extras = ", ".join(sorted(p.search_params)) or (
@@ -73,9 +74,11 @@ def _sync_connection(connection_id: str) -> None:
     from ehi_bridge.db.migrate import ensure_schema
     from ehi_bridge.exports import repository as exports_repo
     from ehi_bridge.sources import service
+    from ehi_bridge.sources.definitions import use_user_definitions
     from ehi_bridge.sources.fetch import HostLimiter
 
     settings = _settings()
+    use_user_definitions(settings.sources_definitions_file)
     ensure_schema(settings.resolved_database_url)
     db = Database(settings.resolved_database_url)
     try:

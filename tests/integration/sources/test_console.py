@@ -107,7 +107,7 @@ def test_binding_off_loopback_needs_allow_remote_and_a_token(tmp_path: Path) -> 
     assert bind_refusal(ANY, True, CONSOLE_TOKEN) is None
 
     env = {"EHI_DATA_DIR": str(tmp_path), "EHI_CONSOLE_TOKEN": ""}
-    for extra in ([], ["--allow-remote"], ["--token", CONSOLE_TOKEN]):
+    for extra in ([], ["--allow-remote"]):
         done = subprocess.run(
             ehi_command("sources", "console", "--host", ANY, "--port", "1", *extra),
             env={**os.environ, **env},
