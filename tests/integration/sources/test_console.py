@@ -79,6 +79,9 @@ def test_cross_origin_posts_are_refused(console_url: str) -> None:
             headers={"Origin": console_url},
         )
         assert same.status_code == 303
+        # A page of another site resolving its name to 127.0.0.1 (DNS rebinding) is refused.
+        assert http.get("/", headers={"Host": "evil.example"}).status_code == 403
+        assert http.get("/", headers={"Host": "localhost:9999"}).status_code == 200
 
 
 def test_a_console_token_is_required_when_set(tmp_path: Path, smart: Sandbox) -> None:

@@ -8,9 +8,10 @@
 - ``/s/{id}``: the code, the token answer (masked, with a reveal), scopes and patient;
   fetch the Patient, one FHIR GET, "sync all" into NDJSON, save as a platform definition.
 
-On loopback no login is needed. Off loopback every request needs the console token
-(``Authorization: Bearer``, or ``?token=`` once, which sets an HttpOnly cookie). POSTs
-from another origin are refused.
+On loopback no login is needed (and only loopback ``Host`` names are served, against DNS
+rebinding). Off loopback every request needs the console token (``Authorization:
+Bearer``, or ``?token=`` once, which sets an HttpOnly cookie). POSTs from another origin
+are refused.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ STATIC = {
     "dashboard.css": (DASHBOARD_STATIC / "dashboard.css", "text/css"),
 }
 COOKIE = "ehi_console"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "[::1]", "::1"})
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
@@ -263,6 +265,13 @@ def save(request: Request, session_id: str) -> Response:
     return _render(request, "_saved.html", {"path": path, "platform": platform})
 
 
+def _host_name(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0] if ":" in host else host
+
+
 class ConsoleGuard(BaseHTTPMiddleware):
     """The token off loopback; same-origin POSTs only; headers on every answer."""
 
@@ -291,6 +300,9 @@ class ConsoleGuard(BaseHTTPMiddleware):
             return response
         if not self._allowed(request):
             return Response("console token required", 401, media_type="text/plain")
+        if not self.token and _host_name(request.headers.get("host", "")) not in LOOPBACK_HOSTS:
+            # Without a token only loopback names are served (no DNS rebinding).
+            return Response("unexpected Host", 403, media_type="text/plain")
         if request.method == "POST":
             origin = request.headers.get("origin")
             own = f"{request.url.scheme}://{request.headers.get('host', '')}"
