@@ -1,7 +1,7 @@
-"""The real ``ehi-bridge serve`` syncing from the SMART sandbox, killed with SIGKILL twice:
-mid-sync, and right after the sandbox answered a (rotating) refresh. After the restart the
-sync finishes with exact counts and no duplicates, the stored refresh token still works,
-and a second sync of the unchanged patient writes nothing."""
+"""The real ``ehi-bridge serve`` syncing from the SMART sandbox, killed with SIGKILL
+mid-sync, right after the sandbox answered a (rotating) refresh. After the restart the
+sync resumes and finishes with exact counts and no duplicates, the stored refresh token
+still works, and a second sync of the unchanged patient writes nothing."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def _exports(db: Database, connection_id: str) -> list[Export]:
         )
 
 
-def test_sigkill_mid_sync_and_after_a_refresh_then_exact_counts(
+def test_sigkill_mid_sync_right_after_a_refresh_then_exact_counts(
     tmp_path: Path,
     service_env: dict[str, str],
     database_url: str,
@@ -87,7 +87,7 @@ def test_sigkill_mid_sync_and_after_a_refresh_then_exact_counts(
         with start_service(port_env, name="first") as (proc, _base):
             smart.fault("slow", profile="cerner", delay_ms=15)
             connection_id = authorize(db, settings, "sandbox-cerner", patient["id"], sync=True)
-            # 1. SIGKILL right after the sandbox answered a rotating refresh.
+            # SIGKILL mid-sync, right after the sandbox answered a rotating refresh.
             wait_for(lambda: smart.stats()["requests"] > 20, what="sync under way")
             before = smart.token_requests("cerner")
             smart.fault("expire_tokens", profile="cerner")
@@ -97,17 +97,7 @@ def test_sigkill_mid_sync_and_after_a_refresh_then_exact_counts(
         assert _exports(db, connection_id)[0].status == "downloading"
 
         smart.control("DELETE", "/faults")
-        smart.fault("slow", profile="cerner", delay_ms=15)
-        with start_service(port_env, name="second") as (proc, _base):
-            # 2. SIGKILL mid-sync, after the restart resumed it.
-            mark = smart.stats()["requests"]
-            wait_for(lambda: smart.stats()["requests"] > mark + 30, what="resumed sync")
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        assert _exports(db, connection_id)[0].status in ("downloading", "ingesting")
-
-        smart.control("DELETE", "/faults")
-        with start_service(port_env, name="third"):
+        with start_service(port_env, name="second"):
             export = wait_for(
                 lambda: next(
                     (e for e in _exports(db, connection_id) if e.status == "complete"), None
@@ -135,7 +125,7 @@ def test_sigkill_mid_sync_and_after_a_refresh_then_exact_counts(
                     .where(SourceGrant.connection_id == connection_id)
                     .values(expires_at=utcnow() - timedelta(seconds=1))
                 )
-            service.valid_access_token(db, settings, connection_id)
+            access, _ = service.valid_access_token(db, settings, connection_id)
 
             # A second sync of the unchanged patient writes nothing.
             second = exports_service.request_export(db, connection_id, "manual")
@@ -153,5 +143,8 @@ def test_sigkill_mid_sync_and_after_a_refresh_then_exact_counts(
             report = done.report or {}
             assert (report["inserted"], report["updated"]) == (0, 0)
             assert report["unchanged"] == len(expected)
+        # No tokens, no patient ids in the service's logs.
+        logs = b"".join(p.read_bytes() for p in tmp_path.glob("*.log"))
+        assert logs and access.encode() not in logs and patient["id"].encode() not in logs
     finally:
         db.dispose()
