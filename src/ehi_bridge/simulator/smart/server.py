@@ -186,7 +186,8 @@ def _form_str(form: Any, name: str) -> str | None:
 
 
 def _accepts_fhir_json(accept: str | None) -> bool:
-    return bool(accept) and ("fhir+json" in accept or "application/json" in accept)  # type: ignore[operator]
+    accept = accept or ""
+    return "fhir+json" in accept or "application/json" in accept
 
 
 def _params(request: Request) -> dict[str, str]:
