@@ -100,9 +100,6 @@ def child(sandbox_url: str, profile: str) -> dict[str, object]:
             "sandbox_max_in_flight": stats.get("max_in_flight"),
             "rss_before_sync_mb": round(rss_before, 1),
             "peak_rss_mb": round(_vm("VmHWM"), 1),
-            "setup_peak_rss_mb": round(
-                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
-            ),
             "parser_peak_rss_mb": round(report.get("parser_peak_rss_kib", 0) / 1024, 1),
         }
 
