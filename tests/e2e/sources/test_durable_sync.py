@@ -85,7 +85,7 @@ def test_sigkill_mid_sync_right_after_a_refresh_then_exact_counts(
     port_env = dict(env)
     try:
         with start_service(port_env, name="first") as (proc, _base):
-            smart.fault("slow", profile="cerner", delay_ms=15)
+            smart.fault("slow", profile="cerner", delay_ms=5)
             connection_id = authorize(db, settings, "sandbox-cerner", patient["id"], sync=True)
             # SIGKILL mid-sync, right after the sandbox answered a rotating refresh.
             wait_for(lambda: smart.stats()["requests"] > 20, what="sync under way")
