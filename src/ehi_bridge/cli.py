@@ -33,6 +33,7 @@ from ehi_bridge.exports.cli import app as exports_app
 from ehi_bridge.records.cli import app as records_app
 from ehi_bridge.records.cli import import_command
 from ehi_bridge.simulator.cli import app as simulator_app
+from ehi_bridge.sources.cli import app as sources_app
 
 if TYPE_CHECKING:
     from ehi_bridge.config import Settings
@@ -58,6 +59,7 @@ app.command("import")(import_command)
 app.add_typer(auth_app, name="auth")
 app.add_typer(connect_link_app, name="connect-link")
 app.add_typer(simulator_app, name="simulator")
+app.add_typer(sources_app, name="sources")
 
 
 @app.callback()

@@ -141,6 +141,48 @@ class Settings(BaseSettings):
     """Bytes of a rejected line kept in the quarantine; longer lines are cut and marked
     `truncated`."""
 
+    smart_sandbox_url: str = ""
+    """Base URL of the simulator's SMART sandbox (`ehi-bridge simulator smart`); the
+    `sandbox-*` platforms' FHIR bases are `{SMART_SANDBOX_URL}/{profile}/fhir`."""
+    sources_catalog_file: Path | None = None
+    """A JSON file listing more institutions (`[{"id", "name", "platform", "fhir_base_url"}]`),
+    added to the shipped catalog of SMART sources (same id: the file's entry wins)."""
+    sources_definitions_file: Path | None = None
+    """A JSON file listing more SMART platform definitions (same fields as the shipped
+    ones; same id: the file's entry wins). The developer console (`ehi-bridge sources
+    console`) saves working registrations here."""
+    source_client_ids: dict[str, str] = {}
+    """This installation's client id registered with each SMART platform (JSON object of
+    platform id to client id, e.g. `{"epic": "abc"}`)."""
+    source_client_secrets: dict[str, SecretStr] = {}
+    """Client secrets of the platforms that use `client_secret_basic` (JSON object of platform
+    id to secret)."""
+    source_signing_key: SecretStr | None = None
+    """The private key that signs `private_key_jwt` client assertions (PEM, or a JWK as JSON;
+    RSA signs RS384, EC P-384 ES384). Its public half is served at `/.well-known/jwks.json`.
+    Unset: an EC P-384 key derived from a secret generated once per installation."""
+    source_token_key: SecretStr | None = None
+    """Encrypts SMART access and refresh tokens at rest (AES-GCM; any long random string).
+    Unset: a secret generated once per installation and stored in the database. Changing it
+    makes stored tokens unreadable (the connections must authorize again)."""
+    source_redirect_url: str | None = None
+    """The OAuth redirect URI registered with the platforms. Unset:
+    `{PUBLIC_BASE_URL}/sources/callback`."""
+    source_resync_hours: float = Field(default=0, ge=0)
+    """Sync each authorized SMART connection again this many hours after its last sync
+    (0: only on request)."""
+    source_max_in_flight_per_host: int = Field(default=5, ge=1, le=5)
+    """FHIR requests in flight at once to one EHR host, per process."""
+    source_reference_rounds: int = Field(default=10, ge=0, le=10)
+    """Rounds of fetching referenced resources not yet seen (Practitioner, Medication …)."""
+    source_max_pages: int = Field(default=500, ge=1)
+    """Most pages read from one search; more is treated as a paging loop."""
+    source_max_retries: int = Field(default=6, ge=0)
+    """Retries of one FHIR request answered 429/503 or failing on the network."""
+    source_max_retry_after_seconds: float = Field(default=120.0, gt=0)
+    """Longest wait honoured from `Retry-After`/`X-RateLimit-Reset`; longer asks fail the sync
+    as `rate_limited`."""
+
     alert_slack_webhook_url: SecretStr | None = None
     """Slack incoming-webhook URL for alerts (every alert is also logged)."""
     alert_http_url: str | None = None
@@ -269,6 +311,9 @@ class Settings(BaseSettings):
         if api_host:
             hosts.add(api_host.lower())
         return hosts
+
+    def source_redirect_uri(self) -> str:
+        return self.source_redirect_url or f"{self.public_base_url.rstrip('/')}/sources/callback"
 
     def export_deadline_minutes_for(self, platform_type: str | None) -> float:
         return self.export_deadline_minutes_by_platform.get(

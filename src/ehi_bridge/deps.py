@@ -50,4 +50,6 @@ CtxDep = Annotated[AppContext, Depends(get_ctx)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_db)]
 ReadSession = Annotated[Session, Depends(read_session)]
-WriteSession = Annotated[Session, Depends(write_session)]
+# "function": the transaction commits before the answer leaves, so a client that follows
+# it at once (a redirect after login) sees the write.
+WriteSession = Annotated[Session, Depends(write_session, scope="function")]

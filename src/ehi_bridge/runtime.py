@@ -49,6 +49,10 @@ from ehi_bridge.exports.tasks import (
 from ehi_bridge.outbox import repository as outbox_repo
 from ehi_bridge.outbox.models import OutboxKind
 from ehi_bridge.records.ingest import keep_parser_ready, stop_ready_parser
+from ehi_bridge.sources import service as sources_service
+from ehi_bridge.sources.definitions import use_user_definitions
+from ehi_bridge.sources.fetch import HostLimiter
+from ehi_bridge.sources.tasks import sync_source_workflow
 from ehi_bridge.webhooks import repository as inbox_repo
 from ehi_bridge.webhooks.service import apply_batch
 
@@ -63,6 +67,7 @@ WORKFLOWS: dict[str, tuple[Callable[[Any], Coroutine[Any, Any, str]], Callable[[
     OutboxKind.EXPORT_DEADLINE: (export_deadline_workflow, int),
     OutboxKind.CANCEL_EXPORT: (cancel_export_workflow, int),
     OutboxKind.VERIFY_CONNECTION: (verify_connection_workflow, str),
+    OutboxKind.SYNC_SOURCE: (sync_source_workflow, int),
 }
 
 
@@ -94,7 +99,9 @@ class Runtime:
             )
             self._lock.acquire()
         limits = StageLimits.from_settings(self.settings)
-        install(BackgroundContext(self.settings, self.db, limits))
+        use_user_definitions(self.settings.sources_definitions_file)
+        hosts = HostLimiter(self.settings.source_max_in_flight_per_host)
+        install(BackgroundContext(self.settings, self.db, limits, source_hosts=hosts))
         loop_thread = threading.Thread(target=self._loop.run_forever, name="workflows", daemon=True)
         loop_thread.start()
         self._in_loop(_launch_on_running_loop(self.settings))
@@ -160,8 +167,10 @@ class Runtime:
                     pass
                 if time.monotonic() >= next_sweep:
                     next_sweep = time.monotonic() + self.settings.sweep_interval_seconds
-                    if exports_service.sweep(self.db, self.settings, utcnow()).deadlines:
-                        continue  # launch the deadline checks now
+                    now = utcnow()
+                    resyncs = sources_service.sweep_resyncs(self.db, self.settings, now)
+                    if exports_service.sweep(self.db, self.settings, now).deadlines or resyncs:
+                        continue  # launch the deadline checks and syncs now
             except Exception as exc:  # the outbox rows stay; try again shortly
                 log.error("launch failed", error_type=type(exc).__name__)
                 self._stop.wait(1.0)

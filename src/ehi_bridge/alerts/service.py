@@ -54,6 +54,9 @@ EVENT_PARKED: Final = "event_parked"
 INGEST_PARTIAL: Final = "ingest_partial"
 OWNERSHIP_CONFLICT: Final = "ownership_conflict"
 EXPORT_STALLED: Final = "export_stalled"
+SOURCE_REAUTH_REQUIRED: Final = "source_reauth_required"  # a SMART grant was refused
+SOURCE_SYNC_FAILED: Final = "source_sync_failed"
+SOURCE_SYNC_PARTIAL: Final = "source_sync_partial"
 ALERT_KINDS: Final = (
     EXPORT_FAILED,
     EXPORT_TIMED_OUT,
@@ -64,6 +67,9 @@ ALERT_KINDS: Final = (
     INGEST_PARTIAL,
     OWNERSHIP_CONFLICT,
     EXPORT_STALLED,
+    SOURCE_REAUTH_REQUIRED,
+    SOURCE_SYNC_FAILED,
+    SOURCE_SYNC_PARTIAL,
 )
 SEVERITIES: Final = ("info", "warning", "error", "critical")
 

@@ -149,7 +149,11 @@ def list_connections(
     external_id: OptIdent = None,
     status: OptIdent = None,
     platform: OptIdent = None,
-    mode: Annotated[Literal["test", "live", "manual"] | None, Query()] = None,
+    mode: Annotated[Literal["test", "live", "manual", "smart"] | None, Query()] = None,
+    source: Annotated[
+        Literal["fasten", "smart"] | None,
+        Query(description="`smart`: direct SMART-on-FHIR connections; `fasten`: Fasten's"),
+    ] = None,
     cursor: Cursor = None,
     limit: Limit = 50,
 ) -> ConnectionPage:
@@ -160,6 +164,7 @@ def list_connections(
         status=status,
         platform=platform,
         mode=mode,
+        source=source,
         after=(key[0], key[1]) if key else None,
         limit=limit,
     )
@@ -238,6 +243,36 @@ def create_connect_link(
             detail="EHI_CONNECT_LINK_SECRET is not set: connect links cannot be made",
         ) from exc
     _audit(ctx.db, actor, "connect_link.create", "external_id", body.external_id, request)
+    return ConnectLinkOut(
+        external_id=body.external_id, url=url, expires_at=issued + timedelta(seconds=ttl)
+    )
+
+
+@authed.post(
+    "/sources/connect-links",
+    response_model=ConnectLinkOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        **ERRORS,
+        503: {"model": Problem, "description": "EHI_CONNECT_LINK_SECRET is not set"},
+    },
+    summary="A signed, expiring link to connect a hospital directly (SMART) (audited)",
+)
+def create_source_connect_link(
+    body: ConnectLinkRequest, ctx: CtxDep, actor: ApiActor, request: Request
+) -> ConnectLinkOut:
+    """The connect page's link, opened at "connect your hospital directly"; the patient
+    searches the institution catalog there. Same token as ``/api/connect-links``."""
+    ttl = body.ttl_hours * 3600
+    issued = datetime.now(UTC)
+    try:
+        url = make_connect_link(ctx.settings, body.external_id, ttl=ttl) + "#direct"
+    except ConnectLinkError as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="EHI_CONNECT_LINK_SECRET is not set: connect links cannot be made",
+        ) from exc
+    _audit(ctx.db, actor, "sources.connect_link.create", "external_id", body.external_id, request)
     return ConnectLinkOut(
         external_id=body.external_id, url=url, expires_at=issued + timedelta(seconds=ttl)
     )

@@ -86,6 +86,7 @@ def list_connections(
     mode: str | None,
     after: tuple[datetime, str] | None,
     limit: int,
+    source: str | None = None,
 ) -> list[Connection]:
     """Newest first: ``(created_at, id)`` descending. Returns up to ``limit + 1`` rows."""
     query = select(Connection)
@@ -97,6 +98,8 @@ def list_connections(
         query = query.where(Connection.platform_type == platform)
     if mode is not None:
         query = query.where(Connection.api_mode == mode)
+    if source is not None:
+        query = query.where(Connection.source == source)
     if after is not None:
         created, conn_id = after
         query = query.where(

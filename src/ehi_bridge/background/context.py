@@ -13,6 +13,7 @@ from ehi_bridge.background.limits import StageLimits
 from ehi_bridge.config import Mode, Settings
 from ehi_bridge.db.engine import Database
 from ehi_bridge.fasten.client import FastenClient, client_for_mode
+from ehi_bridge.sources.fetch import HostLimiter
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,8 @@ class BackgroundContext:
     db: Database
     limits: StageLimits
     _clients: dict[Mode, FastenClient] = field(default_factory=dict)
+    # SMART syncs: requests in flight per EHR host, across all syncs of this process.
+    source_hosts: HostLimiter = field(default_factory=HostLimiter)
 
     def fasten(self, mode: Mode) -> FastenClient:
         """The process's client for ``mode``, kept for its connection pools (all workflows

@@ -17,10 +17,12 @@ class Connection(Base):
     org_connection_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     external_id: Mapped[str | None] = mapped_column(String(255), index=True)
     api_mode: Mapped[str] = mapped_column(String(8))
-    source: Mapped[str] = mapped_column(String(16), default="fasten")  # fasten | manual
+    source: Mapped[str] = mapped_column(String(16), default="fasten")  # fasten | manual | smart
     status: Mapped[str] = mapped_column(String(16), index=True)
     status_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     platform_type: Mapped[str | None] = mapped_column(String(64), index=True)
+    # A ``smart`` connection's FHIR base (its platform is ``platform_type``).
+    fhir_base_url: Mapped[str | None] = mapped_column(String(1024))
     endpoint_id: Mapped[str | None] = mapped_column(String(255))
     brand_id: Mapped[str | None] = mapped_column(String(255))
     portal_id: Mapped[str | None] = mapped_column(String(255))

@@ -77,6 +77,30 @@ def create(
     return connection
 
 
+def create_smart(
+    session: Session, platform: str, fhir_base_url: str, external_id: str | None = None
+) -> Connection:
+    """A connection made by a SMART authorization of ours (``sources/``), authorized."""
+    now = utcnow()
+    connection = Connection(
+        id=new_connection_id(),
+        org_connection_id=None,
+        external_id=external_id,
+        api_mode="smart",
+        source="smart",
+        status="authorized",
+        status_changed_at=now,
+        platform_type=platform,
+        fhir_base_url=fhir_base_url,
+        created_at=now,
+        updated_at=now,
+        authorized_at=now,
+    )
+    session.add(connection)
+    session.flush()
+    return connection
+
+
 def lock_for_events(session: Session, org_connection_ids: dict[str, str]) -> dict[str, Connection]:
     """The connections a batch of events touches (org_connection_id → api mode), created
     ``pending`` where new, locked in one sorted order so two appliers sharing a backlog on

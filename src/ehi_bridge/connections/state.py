@@ -22,8 +22,11 @@ class ConnectionStatus:
     REJECTED = "rejected"
     REVOKED = "revoked"
     MANUAL = "manual"
+    # A ``smart`` connection whose grant the EHR refused (``invalid_grant``): the patient
+    # must authorize again.
+    REAUTH_REQUIRED = "reauth_required"
 
-    ALL = (PENDING, AUTHORIZED, REJECTED, REVOKED, MANUAL)
+    ALL = (PENDING, AUTHORIZED, REJECTED, REVOKED, MANUAL, REAUTH_REQUIRED)
 
 
 @dataclass(frozen=True, slots=True)

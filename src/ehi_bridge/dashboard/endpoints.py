@@ -42,6 +42,7 @@ STATIC_FILES = {
 }
 NOTICES = {
     "export_requested": "Export requested.",
+    "sync_started": "Sync started.",
     "export_retried": "A new export was requested.",
     "replayed": "Event(s) queued for replay.",
     "logged_out": "You are logged out.",
@@ -274,6 +275,7 @@ def connections(
         request,
         user,
         rows=rows,
+        direct=repo.direct_facts(session, [c.id for c in rows if c.source == "smart"]),
         filters=filters,
         next_url=next_url,
         statuses=repo.distinct_values(session, Connection.status),
@@ -360,6 +362,19 @@ def connection_request_export(
         return _refused(request, user, str(exc), f"/dashboard/connections/{connection.id}")
     _audit(ctx, user, "dashboard.export.request", "export", str(export.id), request)
     return _back(f"/dashboard/connections/{connection.id}", "export_requested")
+
+
+@router.post("/connections/{key}/resync")
+def connection_resync(request: Request, ctx: CtxDep, user: CsrfUserDep, key: str) -> Response:
+    """Sync a direct (SMART) connection again."""
+    with ctx.db.read_session() as session:
+        connection = _connection_or_404(session, key)
+    try:
+        export_id = svc.resync_source(ctx, connection.id)
+    except svc.ActionError as exc:
+        return _refused(request, user, str(exc), "/dashboard/connections")
+    _audit(ctx, user, "dashboard.source.resync", "export", str(export_id), request)
+    return _back("/dashboard/connections", "sync_started")
 
 
 @router.post("/exports/{export_id}/retry")

@@ -20,7 +20,9 @@ from sqlalchemy.orm import Session
 from ehi_bridge.alerts.models import Alert
 from ehi_bridge.connections.models import Connection
 from ehi_bridge.exports.models import Export
+from ehi_bridge.exports.state import ExportStatus
 from ehi_bridge.records.models import IngestError, Resource
+from ehi_bridge.sources.models import SourceGrant
 from ehi_bridge.webhooks import repository as inbox_repo
 from ehi_bridge.webhooks.models import InboxEvent
 
@@ -464,3 +466,42 @@ def connections_of_external_id(
         )
         for c in connections
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class DirectFacts:
+    """A direct (SMART) connection's grant and latest sync, for the connections list."""
+
+    last_synced_at: datetime | None
+    token_expires_at: datetime | None
+    failure_reason: str | None
+    syncing: bool
+
+
+def direct_facts(session: Session, connection_ids: Sequence[str]) -> dict[str, DirectFacts]:
+    """Per connection id (those with a grant): last sync, token expiry, why it last failed."""
+    if not connection_ids:
+        return {}
+    grants = session.scalars(
+        select(SourceGrant).where(SourceGrant.connection_id.in_(list(connection_ids)))
+    ).all()
+    if not grants:
+        return {}
+    newest = (
+        select(func.max(Export.id))
+        .where(Export.connection_id.in_([g.connection_id for g in grants]))
+        .group_by(Export.connection_id)
+    )
+    exports = session.scalars(select(Export).where(Export.id.in_(newest)))
+    latest = {e.connection_id: e for e in exports}
+    facts = {}
+    for grant in grants:
+        export = latest.get(grant.connection_id)
+        reason = export.failure_reason if export is not None else None
+        facts[grant.connection_id] = DirectFacts(
+            last_synced_at=grant.last_synced_at,
+            token_expires_at=grant.expires_at,
+            failure_reason=reason or grant.last_error,
+            syncing=export is not None and export.status in ExportStatus.ACTIVE,
+        )
+    return facts

@@ -10,11 +10,13 @@ from typing import Any
 import orjson
 from sqlalchemy.orm import Session
 
+from ehi_bridge.connections import repository as connections_repo
 from ehi_bridge.connections.models import Connection
 from ehi_bridge.dashboard import repository as repo
 from ehi_bridge.dashboard.fhir_text import describe, human_name
 from ehi_bridge.db.base import utcnow
 from ehi_bridge.deps import AppContext
+from ehi_bridge.exports import repository as exports_repo
 from ehi_bridge.exports.models import Export
 from ehi_bridge.records import quarantine
 from ehi_bridge.records.models import IngestError, IngestRun
@@ -302,6 +304,23 @@ def request_export(ctx: AppContext, connection_id: str) -> Export:
     except exports_service.ExportNotAllowed as exc:
         raise ActionError(str(exc)) from exc
     return export
+
+
+def resync_source(ctx: AppContext, connection_id: str) -> int:
+    """A new sync of a direct (SMART) connection; the background runtime runs it (the
+    export's outbox row is written with it). The new export's id."""
+    with ctx.db.session() as session:
+        connection = connections_repo.find(session, connection_id)
+        if connection is None:
+            raise ActionError("no such connection")
+        if connection.source != "smart":
+            raise ActionError("only a direct connection can be synced again here")
+        if connection.status != "authorized":
+            raise ActionError(f"the connection is {connection.status}: the patient must reconnect")
+        if exports_repo.active_for_connection(session, connection.id):
+            raise ActionError("a sync of this connection is already in progress")
+        export = exports_repo.create(session, connection.id, trigger="manual", source="smart")
+        return export.id
 
 
 def retry_export(ctx: AppContext, export_id: int) -> Export:

@@ -7,6 +7,7 @@ from ehi_bridge.db.base import Base
 from ehi_bridge.exports import models as exports_models
 from ehi_bridge.outbox import models as outbox_models
 from ehi_bridge.records import models as records_models
+from ehi_bridge.sources import models as sources_models
 from ehi_bridge.webhooks import models as webhooks_models
 
 __all__ = [
@@ -17,5 +18,6 @@ __all__ = [
     "exports_models",
     "outbox_models",
     "records_models",
+    "sources_models",
     "webhooks_models",
 ]

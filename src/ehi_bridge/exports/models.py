@@ -19,7 +19,11 @@ class Export(Base):
     task_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     status: Mapped[str] = mapped_column(String(16), index=True)
     failure_reason: Mapped[str | None] = mapped_column(String(64))
-    trigger: Mapped[str] = mapped_column(String(16), default="auto")  # auto|manual|retry|webhook
+    trigger: Mapped[str] = mapped_column(
+        String(16), default="auto"
+    )  # auto|manual|retry|webhook|schedule
+    # fasten: Fasten Connect's export file; smart: a sync from the EHR's FHIR API (sources/).
+    source: Mapped[str] = mapped_column(String(16), default="fasten", server_default="fasten")
     requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     succeeded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -74,9 +74,13 @@ def create(
     trigger: str,
     status: str = ExportStatus.REQUESTED,
     task_id: str | None = None,
+    source: str = "fasten",
 ) -> Export:
     now = utcnow()
+    if source == "smart":
+        status = ExportStatus.DOWNLOADING  # a sync has no one to ask: it starts pulling
     export = Export(
+        source=source,
         connection_id=connection_id,
         task_id=task_id,
         status=status,
@@ -88,7 +92,10 @@ def create(
     )
     session.add(export)
     session.flush()
-    if status == ExportStatus.REQUESTED:
+    if source == "smart":
+        # The sync is written with the export: whoever creates one, it runs.
+        outbox_repo.add(session, outbox_repo.sync_source(export.id))
+    elif status == ExportStatus.REQUESTED:
         # Asking Fasten is written with the export: whoever creates one, it gets asked.
         outbox_repo.add(session, outbox_repo.request_export(export.id))
     return export

@@ -61,12 +61,17 @@ def request_export(db: Database, connection_id: str, trigger: str) -> Export:
         connection = connections_repo.find(session, connection_id)
         if connection is None:
             raise LookupError(connection_id)
-        if connection.status != ConnectionStatus.AUTHORIZED or not connection.org_connection_id:
+        smart = connection.source == "smart"
+        if connection.status != ConnectionStatus.AUTHORIZED or not (
+            connection.org_connection_id or smart
+        ):
             raise ExportNotAllowed(f"connection is {connection.status}, not authorized")
         active = exports_repo.active_for_connection(session, connection.id)
         if active:
             return active[0]
-        return exports_repo.create(session, connection.id, trigger=trigger)
+        return exports_repo.create(
+            session, connection.id, trigger=trigger, source="smart" if smart else "fasten"
+        )
 
 
 def retry_export(db: Database, export_id: int) -> Export:

@@ -48,6 +48,7 @@ class ExportEvent:
     FILE_GONE = "file_gone"
     DOWNLOAD_REFUSED = "download_refused"
     REVOKED = "revoked"
+    SYNC_FAILED = "sync_failed"  # a smart sync could not finish (sources/)
 
 
 S, E = ExportStatus, ExportEvent
@@ -69,6 +70,7 @@ _TABLE: dict[str, dict[str, str]] = {
     E.FILE_GONE: {S.DOWNLOADING: S.EXPIRED, S.PENDING: S.EXPIRED, S.TIMED_OUT: S.EXPIRED},
     E.DOWNLOAD_REFUSED: {S.DOWNLOADING: S.FAILED},
     E.REVOKED: {status: S.CANCELLED for status in S.ACTIVE},
+    E.SYNC_FAILED: {S.DOWNLOADING: S.FAILED, S.INGESTING: S.FAILED},
 }
 
 

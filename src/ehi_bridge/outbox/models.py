@@ -23,8 +23,16 @@ class OutboxKind:
     EXPORT_DEADLINE = "export_deadline"  # no webhook by the deadline: poll, time out (export id)
     CANCEL_EXPORT = "cancel_export"  # the connection was revoked (export id)
     VERIFY_CONNECTION = "verify_connection"  # success after revocation (connection id)
+    SYNC_SOURCE = "sync_source"  # pull a smart connection's records from its EHR (export id)
 
-    ALL = (REQUEST_EXPORT, INGEST_EXPORT, EXPORT_DEADLINE, CANCEL_EXPORT, VERIFY_CONNECTION)
+    ALL = (
+        REQUEST_EXPORT,
+        INGEST_EXPORT,
+        EXPORT_DEADLINE,
+        CANCEL_EXPORT,
+        VERIFY_CONNECTION,
+        SYNC_SOURCE,
+    )
 
 
 NOT_STARTED = "started_at IS NULL"

@@ -44,6 +44,10 @@ def verify_connection(connection_id: str, cause: str) -> FollowUp:
     return FollowUp(OutboxKind.VERIFY_CONNECTION, connection_id, f"verify-{connection_id}-{cause}")
 
 
+def sync_source(export_id: int) -> FollowUp:
+    return FollowUp(OutboxKind.SYNC_SOURCE, str(export_id), f"sync-{export_id}")
+
+
 def add(session: Session, *items: FollowUp) -> None:
     """Write follow-ups in the caller's transaction; one already written is kept as it is."""
     if not items:

@@ -79,6 +79,50 @@ def serve(
         server.stop()
 
 
+@app.command()
+def smart(
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(8910, help="port"),
+    public_host: str = typer.Option("127.0.0.1", help="host name in URLs"),
+    url: str | None = typer.Option(None, help="full base URL in links (e.g. behind a proxy)"),
+    access_token_ttl: float = typer.Option(300.0, help="access token lifetime (s)"),
+    fixed_patient: str | None = typer.Option(None, help="consent offers only this Patient id"),
+) -> None:
+    """Run the SMART-on-FHIR EHR sandbox (profiles generic, epic, cerner, athena)."""
+    from ehi_bridge.config import Settings
+    from ehi_bridge.logging import configure_logging
+    from ehi_bridge.simulator.smart.config import PROFILES, SmartConfig
+    from ehi_bridge.simulator.smart.server import SmartSandbox
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    config = SmartConfig(
+        host=host,
+        port=port,
+        public_host=public_host,
+        url_override=url,
+        access_token_ttl_seconds=access_token_ttl,
+        fixed_patient_id=fixed_patient,
+    )
+    sandbox = SmartSandbox(config)
+    base = sandbox.start()
+    done = threading.Event()
+
+    def _stop(signum: int, frame: object) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    for profile in PROFILES:
+        typer.echo(f"{profile + ':':<17}{sandbox.fhir_base(profile)}")
+    typer.echo(f"control API:     {base}/_smart")
+    try:
+        while not done.wait(0.5):
+            pass
+    finally:
+        sandbox.stop()
+
+
 # --- scenario -------------------------------------------------------------------------------
 
 UrlOpt = Annotated[

@@ -68,7 +68,7 @@ def login(client: TestClient, username: str = USERNAME, password: str = PASSWORD
     )
     assert response.status_code == 303, response.text
     overview = client.get("/dashboard")
-    assert overview.status_code == 200
+    assert overview.status_code == 200, (overview.status_code, overview.text[:2000])
     return csrf_from(overview.text)
 
 

@@ -13,6 +13,8 @@ import pytest
 import uvicorn
 
 from ehi_bridge.simulator import SimulatorConfig, SimulatorServer
+from ehi_bridge.simulator.smart.config import SmartConfig
+from ehi_bridge.simulator.smart.server import SmartSandbox
 from tests.support import free_port
 
 
@@ -152,3 +154,21 @@ def simulator(shared_simulator: SimulatorServer, receiver: Receiver) -> Iterator
 
 TEST_AUTH = ("public_test_sim", "private_test_sim")
 LIVE_AUTH = ("public_live_sim", "private_live_sim")
+
+
+@pytest.fixture(scope="module")
+def shared_smart() -> Iterator[SmartSandbox]:
+    """The SMART EHR sandbox on a free loopback port."""
+    with SmartSandbox(SmartConfig(port=free_port())) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def smart(shared_smart: SmartSandbox) -> Iterator[SmartSandbox]:
+    """The module's SMART sandbox; faults, settings and stats reset after each test."""
+    yield shared_smart
+    state = shared_smart.state
+    state.clear_faults()
+    state.access_token_ttl_seconds = shared_smart.config.access_token_ttl_seconds
+    state.fixed_patient_id = None
+    state.reset_stats()

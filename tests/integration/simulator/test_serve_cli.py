@@ -10,6 +10,7 @@ import httpx
 from standardwebhooks import Webhook
 
 from tests.integration.simulator.conftest import Receiver, wait_until
+from tests.integration.simulator.smart_flow import login
 from tests.support import ehi_command, free_port, running
 
 SECRET = "whsec_" + base64.b64encode(b"serve-cli-secret").decode()
@@ -63,3 +64,21 @@ def test_serve_uses_the_service_settings(receiver: Receiver, tmp_path: Path) -> 
     log = (tmp_path / "simulator.log").read_text()
     assert "private_test_cli" not in log and SECRET not in log
     assert "X-Sim-Signature" not in log
+
+
+def test_smart_command_serves_the_sandbox(tmp_path: Path) -> None:
+    port = free_port()
+    args = ehi_command("simulator", "smart", "--port", str(port), "--access-token-ttl", "60")
+    origin = f"http://127.0.0.1:{port}"
+    ready = f"{origin}/epic/fhir/.well-known/smart-configuration"
+    with running(args, {}, ready, tmp_path / "smart.log") as proc:
+        config = httpx.get(ready).json()
+        assert config["token_endpoint"] == f"{origin}/epic/oauth/token"
+        patient_id = httpx.get(f"{origin}/_smart/patients").json()[0]["id"]
+        with httpx.Client() as http:
+            token = login(http, origin, "epic", patient_id)
+        assert token["expires_in"] == 60
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    log = (tmp_path / "smart.log").read_text()
+    assert token["access_token"] not in log and token["refresh_token"] not in log

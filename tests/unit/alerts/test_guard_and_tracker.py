@@ -26,6 +26,9 @@ def test_kinds_are_the_documented_ones() -> None:
         "ingest_partial",
         "ownership_conflict",
         "export_stalled",
+        "source_reauth_required",
+        "source_sync_failed",
+        "source_sync_partial",
     }
 
 

@@ -47,11 +47,38 @@
     });
   }
 
+  // "Connect your hospital directly": ask for the EHR's authorize URL (the link token says
+  // who the patient is) and open it in a window opened during the click itself.
+  function direct(token, institution) {
+    var status = document.getElementById("direct-status");
+    var popup = window.open("", "_blank");
+    fetch("/connect/direct", {
+      method: "POST",
+      credentials: "omit",
+      headers: { "Content-Type": "application/json", "X-Connect-Token": token },
+      body: JSON.stringify({ institution: institution })
+    }).then(function (response) {
+      if (!response.ok) { throw new Error("HTTP " + response.status); }
+      return response.json();
+    }).then(function (data) {
+      if (status) { status.textContent = "Sign in to your hospital's portal in the new window."; }
+      if (popup) { popup.opener = null; popup.location.href = data.authorize_url; }
+      else { window.location.href = data.authorize_url; }
+    }).catch(function () {
+      if (popup) { popup.close(); }
+      if (status) { status.textContent = "We could not reach this health system; please try again."; }
+    });
+  }
+
   function init() {
     var holder = document.getElementById("connection-status");
     var element = document.getElementById("stitch");
     if (!holder || !element) { return; }
     var token = holder.getAttribute("data-token");
+    document.addEventListener("click", function (event) {
+      var button = event.target.closest ? event.target.closest("button.connect-direct") : null;
+      if (button) { direct(token, button.getAttribute("data-institution")); }
+    });
     var mode = holder.getAttribute("data-mode");
     setStatus("Ready.");
     element.addEventListener("eventBus", function (event) {

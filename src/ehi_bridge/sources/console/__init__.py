@@ -1,0 +1,1 @@
+"""The developer console for SMART sources (``ehi-bridge sources console``)."""
