@@ -31,6 +31,7 @@ class ConnectionOut(ORMModel):
     status: str
     status_changed_at: datetime | None
     platform_type: str | None
+    fhir_base_url: str | None = None
     endpoint_id: str | None
     brand_id: str | None
     portal_id: str | None
@@ -89,6 +90,7 @@ class TimelineEvent(ORMModel):
 class ExportOut(ORMModel):
     id: int
     connection_id: str
+    source: str = Field(description="`fasten` (Fasten's export file) or `smart` (a SMART sync)")
     task_id: str | None
     status: str
     failure_reason: str | None

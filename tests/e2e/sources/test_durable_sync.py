@@ -1,5 +1,5 @@
 """The real ``ehi-bridge serve`` syncing from the SMART sandbox, killed with SIGKILL
-mid-sync, right after the sandbox answered a (rotating) refresh. After the restart the
+mid-sync, right after the answer of a (rotating) refresh was stored. After the restart the
 sync resumes and finishes with exact counts and no duplicates, the stored refresh token
 still works, and a second sync of the unchanged patient writes nothing."""
 
@@ -31,13 +31,15 @@ from tests.integration.sources.conftest import REDIRECT, Sandbox, authorize
 pytestmark = pytest.mark.slow
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 60.0, what: str = "", poll: float = 0.02
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.02)
+        time.sleep(poll)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -49,6 +51,12 @@ def smart() -> Iterator[Sandbox]:
         yield Sandbox(box)
     finally:
         box.stop()
+
+
+def _generation(db: Database, connection_id: str) -> int:
+    with db.read_session() as session:
+        grant = session.get(SourceGrant, connection_id)
+        return grant.generation if grant is not None else 0
 
 
 def _exports(db: Database, connection_id: str) -> list[Export]:
@@ -89,11 +97,20 @@ def test_sigkill_mid_sync_right_after_a_refresh_then_exact_counts(
             connection_id = authorize(db, settings, "sandbox-cerner", patient["id"], sync=True)
             # SIGKILL mid-sync, right after the sandbox answered a rotating refresh.
             wait_for(lambda: smart.stats()["requests"] > 20, what="sync under way")
+            # The sandbox counts a token request when it arrives, before it rotates, so its
+            # stats cannot say "answered"; the grant's generation changes in the very
+            # transaction that stores the answer, before the new token is used.
             before = smart.token_requests("cerner")
+            generation = _generation(db, connection_id)
             smart.fault("expire_tokens", profile="cerner")
-            wait_for(lambda: smart.token_requests("cerner") > before, what="the refresh")
+            wait_for(
+                lambda: _generation(db, connection_id) > generation,
+                what="the refresh answer stored",
+                poll=0.001,
+            )
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+            assert smart.token_requests("cerner") == before + 1
         assert _exports(db, connection_id)[0].status == "downloading"
 
         smart.control("DELETE", "/faults")
