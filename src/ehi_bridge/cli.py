@@ -90,6 +90,13 @@ def describe_error(exc: BaseException) -> tuple[int, str]:
         return EXIT_FAILED, f"database error ({type(exc.orig).__name__}): {reason}"
     if sa_exc is not None and isinstance(exc, sa_exc.ArgumentError):
         return EXIT_UNAVAILABLE, f"invalid database URL: {_one_line(str(exc))}"
+    for driver in ("psycopg", "sqlite3"):  # a command that uses the driver itself (stats)
+        module: Any = sys.modules.get(driver)
+        if module is not None and isinstance(exc, module.Error):
+            reason = _one_line(str(exc)) or type(exc).__name__
+            if isinstance(exc, module.OperationalError | module.InterfaceError):
+                return EXIT_UNAVAILABLE, f"cannot use the database: {reason}"
+            return EXIT_FAILED, f"database error ({type(exc).__name__}): {reason}"
     pydantic_core: Any = sys.modules.get("pydantic_core")
     if pydantic_core is not None and isinstance(exc, pydantic_core.ValidationError):
         first = exc.errors()[0] if exc.errors() else {}
@@ -276,8 +283,9 @@ def stats(json_output: bool = typer.Option(False, "--json", help="Print JSON."))
     from ehi_bridge import stats as stats_module
     from ehi_bridge.config import Settings
 
+    url = Settings().resolved_database_url
     try:
-        backend, target = stats_module.driver_target(Settings().resolved_database_url)
+        backend, target = stats_module.driver_target(url)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_CONFIG) from None

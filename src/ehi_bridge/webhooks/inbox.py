@@ -228,6 +228,7 @@ class InboxWriter:
         self._commits = 0
         self._running = False
         self._tail_due = threading.Event()  # the writer should checkpoint the WAL's tail
+        self.checkpoint_passes = 0  # rounds of the checkpointer so far (tests wait on it)
 
     def start(self) -> None:
         if self._threads:
@@ -284,6 +285,7 @@ class InboxWriter:
                 finally:
                     raw.close()
                 self._tail_due.set()
+                self.checkpoint_passes += 1
             except Exception as exc:
                 log.warning("wal checkpoint failed", error_type=type(exc).__name__)
 
