@@ -33,6 +33,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from markupsafe import escape
 from pydantic import BaseModel, Field
 
+from ehi_bridge.simulator.server import bind_listener
 from ehi_bridge.simulator.smart import fhir, oauth
 from ehi_bridge.simulator.smart.config import PROFILES, SmartConfig
 from ehi_bridge.simulator.smart.state import (
@@ -744,18 +745,6 @@ def create_app(box: Sandbox) -> Any:
 # --- running it -----------------------------------------------------------------------------
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP;
-    # without it every answer waits ~40 ms for the client's delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
-
-
 class SmartSandbox:
     """The sandbox on a background thread (uvicorn in its own event loop)."""
 
@@ -776,7 +765,7 @@ class SmartSandbox:
     def start(self, timeout: float = 15.0) -> str:
         """Start serving; the base URL (``http://host:port``)."""
         cfg = self.config
-        self._sock = _bind(cfg.host, cfg.port)
+        self._sock = bind_listener(cfg.host, cfg.port)
         port = self._sock.getsockname()[1]
         host = f"[{cfg.public_host}]" if ":" in cfg.public_host else cfg.public_host
         self.url = (cfg.url_override or f"http://{host}:{port}").rstrip("/")
