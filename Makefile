@@ -7,7 +7,7 @@ STAMP := $(VENV)/.synced
 # Test processes: the e2e tests mostly wait on their servers, so two per core keep both cores busy.
 TEST_WORKERS ?= 3
 
-.PHONY: help demo test lint typecheck migration docs clean
+.PHONY: help demo console test lint typecheck migration docs clean
 help:  ## show this help
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
@@ -21,6 +21,9 @@ $(STAMP): $(UV) uv.lock pyproject.toml
 
 demo: $(STAMP)  ## run ehi-bridge + the Fasten simulator with sample patients on SQLite
 	$(BIN)/ehi-bridge demo
+
+console: $(STAMP)  ## the SMART source test console on http://127.0.0.1:9999 with the simulator's SMART EHR sandbox
+	$(BIN)/ehi-bridge sources console --with-sandbox
 
 test: $(STAMP)  ## run lint, type checks and the whole test suite (SQLite and PostgreSQL, browser)
 	$(BIN)/ruff check src tests bench
