@@ -93,7 +93,9 @@ class Database:
         self.is_sqlite = is_sqlite(self.url)
         database = make_url(self.url).database if self.is_sqlite else None
         on_disk = bool(database) and database != ":memory:" and "mode=memory" not in self.url
-        self._gate = WriteGate(str(Path(database).resolve())) if on_disk and database else None
+        # The database file (SQLite on disk), for the locks kept beside it.
+        self.sqlite_path = str(Path(database).resolve()) if on_disk and database else None
+        self._gate = WriteGate(self.sqlite_path) if self.sqlite_path else None
         self.engine = make_engine(self.url, **engine_kwargs)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.read_sessions = sessionmaker(

@@ -34,6 +34,7 @@ from ehi_bridge.connections import repository as connections_repo
 from ehi_bridge.connections.state import ConnectionStatus
 from ehi_bridge.db.base import utcnow
 from ehi_bridge.db.engine import Database
+from ehi_bridge.db.named_lock import named_lock
 from ehi_bridge.exports import repository as exports_repo
 from ehi_bridge.exports.models import Export
 from ehi_bridge.exports.state import ExportEvent, ExportStatus
@@ -314,17 +315,6 @@ def _store_tokens(
 
 # --- tokens -------------------------------------------------------------------------------
 
-_refresh_locks: dict[str, threading.Lock] = {}
-_refresh_locks_guard = threading.Lock()
-
-
-def _refresh_lock(connection_id: str) -> threading.Lock:
-    with _refresh_locks_guard:
-        lock = _refresh_locks.get(connection_id)
-        if lock is None:
-            lock = _refresh_locks[connection_id] = threading.Lock()
-        return lock
-
 
 def _usable(expires_at: datetime | None, now: datetime) -> bool:
     return expires_at is not None and expires_at - TOKEN_LEEWAY > now
@@ -367,9 +357,10 @@ def valid_access_token(
 ) -> tuple[str, datetime]:
     """A usable access token: the stored one, or a refreshed one.
 
-    A refresh runs under the grant's lock (PostgreSQL: ``SELECT … FOR UPDATE``; SQLite: the
-    write transaction), after checking again that nobody refreshed meanwhile, so any number
-    of concurrent callers in any number of processes cause one token request. The answer
+    A refresh runs under the grant's named lock (``db/named_lock.py``: an advisory lock or an
+    ``flock``, no transaction held while the EHR answers), after checking again that nobody
+    refreshed meanwhile, so any number of concurrent callers in any number of processes
+    cause one token request. The answer
     (the rotated refresh token) is committed before the new access token is returned.
     ``stale`` is a token the server just refused: it is not returned again.
     """
@@ -383,52 +374,62 @@ def valid_access_token(
         if access and access != stale and _usable(grant.expires_at, now):
             assert grant.expires_at is not None
             return access, grant.expires_at
-    with _refresh_lock(connection_id):
+    with named_lock(db, f"source-grant-refresh:{connection_id}"):
         return _refresh(db, settings, keys, connection_id, stale)
 
 
 def _refresh(
     db: Database, settings: Settings, keys: SourceKeys, connection_id: str, stale: str | None
 ) -> tuple[str, datetime]:
-    reauth: str | None = None
+    """Under the grant's refresh lock: read, ask the EHR with no transaction open, then
+    store the answer (and the rotated refresh token) in one short write."""
+    with db.read_session() as session:
+        grant = repo.grant(session, connection_id)
+    if grant is None:
+        raise SyncError(FailureReason.REAUTH_REQUIRED, "no grant")
+    access = _decrypt(keys, grant, "access")
+    if access and access != stale and _usable(grant.expires_at, utcnow()):
+        assert grant.expires_at is not None
+        return access, grant.expires_at  # refreshed by someone else meanwhile
+    refresh_token = _decrypt(keys, grant, "refresh")
+    answer: oauth.TokenAnswer | None = None
+    error: str | None = None if refresh_token else "no_refresh_token"
+    if refresh_token is not None:
+        platform = definitions().platform(grant.platform)
+        creds = credentials(settings, platform, keys, grant.client_id, grant.token_auth)
+        try:
+            answer = oauth.refresh(creds, grant.token_endpoint, refresh_token)
+        except oauth.OAuthFailure as exc:
+            error = exc.error
     with db.session() as session:
-        grant = repo.grant(session, connection_id, for_update=True)
-        if grant is None:
+        stored = repo.grant(session, connection_id, for_update=True)
+        if stored is None:
             raise SyncError(FailureReason.REAUTH_REQUIRED, "no grant")
         now = utcnow()
-        access = _decrypt(keys, grant, "access")
-        if access and access != stale and _usable(grant.expires_at, now):
-            assert grant.expires_at is not None
-            return access, grant.expires_at  # refreshed by someone else meanwhile
-        refresh_token = _decrypt(keys, grant, "refresh")
-        if refresh_token is None:
-            reauth = "no_refresh_token"
-            _need_reauth(session, settings, grant, reauth)
+        if stored.generation != grant.generation and _usable(stored.expires_at, now):
+            # Authorized again while the EHR answered: the new grant wins.
+            fresh = _decrypt(keys, stored, "access")
+            if fresh and stored.expires_at is not None:
+                return fresh, stored.expires_at
+        if answer is not None:
+            _store_tokens(keys, stored, answer, now)
+            stored.last_error = None
+            assert stored.expires_at is not None
+            token, expires = answer.access_token, stored.expires_at
+        elif error in ("no_refresh_token", "invalid_grant"):
+            _need_reauth(session, settings, stored, str(error))
         else:
-            platform = definitions().platform(grant.platform)
-            creds = credentials(settings, platform, keys, grant.client_id, grant.token_auth)
-            try:
-                answer = oauth.refresh(creds, grant.token_endpoint, refresh_token)
-            except oauth.OAuthFailure as exc:
-                if exc.error == "invalid_grant":
-                    reauth = "invalid_grant"
-                    _need_reauth(session, settings, grant, reauth)
-                else:
-                    grant.last_error = exc.error[:64]
-                    reason = (
-                        FailureReason.UNAUTHORIZED
-                        if exc.error in ("invalid_client", "unauthorized_client")
-                        else FailureReason.SERVER_ERROR
-                    )
-                    raise SyncError(reason, f"token refresh: {exc.error}") from None
-            else:
-                _store_tokens(keys, grant, answer, now)
-                grant.last_error = None
-                assert grant.expires_at is not None
-                token, expires = answer.access_token, grant.expires_at
+            stored.last_error = str(error)[:64]
     # committed: the rotated refresh token is durable before the access token is used
-    if reauth is not None:
-        raise SyncError(FailureReason.REAUTH_REQUIRED, reauth)
+    if answer is None:
+        if error in ("no_refresh_token", "invalid_grant"):
+            raise SyncError(FailureReason.REAUTH_REQUIRED, str(error))
+        reason = (
+            FailureReason.UNAUTHORIZED
+            if error in ("invalid_client", "unauthorized_client")
+            else FailureReason.SERVER_ERROR
+        )
+        raise SyncError(reason, f"token refresh: {error}")
     log.info("source token refreshed", connection_id=connection_id)
     return token, expires
 
