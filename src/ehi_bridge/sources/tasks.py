@@ -31,7 +31,7 @@ TRANSIENT = frozenset(
 
 
 @DBOS.step()
-async def _pull_step(export_id: int) -> dict[str, Any]:
+async def _source_pull_step(export_id: int) -> dict[str, Any]:
     # No stage slot around the pull: it waits out Retry-After inside, and a wait must hold
     # nothing. Its requests take the per-host slots (released while waiting) instead.
     ctx = current()
@@ -39,27 +39,27 @@ async def _pull_step(export_id: int) -> dict[str, Any]:
 
 
 @DBOS.step()
-async def _failed_step(export_id: int, reason: str, detail: str) -> None:
+async def _source_failed_step(export_id: int, reason: str, detail: str) -> None:
     ctx = current()
     await asyncio.to_thread(service.sync_failed, ctx.db, ctx.settings, export_id, reason, detail)
 
 
 @DBOS.step()
-async def _ingest_step(export_id: int) -> str:
+async def _source_ingest_step(export_id: int) -> str:
     async with current().limits.ingests:
         ctx = current()
         return await asyncio.to_thread(service.ingest_export, ctx.db, ctx.settings, export_id)
 
 
 @DBOS.step()
-async def _notify_step(export_id: int) -> None:
+async def _source_notify_step(export_id: int) -> None:
     ctx = current()
     if ctx.settings.downstream_url:
         await asyncio.to_thread(notify_records_ingested, ctx.db, ctx.settings, export_id)
 
 
 @DBOS.step()
-async def _is_ingesting_step(export_id: int) -> bool:
+async def _source_is_ingesting_step(export_id: int) -> bool:
     ctx = current()
     return await asyncio.to_thread(service.ingest_inputs, ctx.db, export_id) is not None
 
@@ -67,19 +67,19 @@ async def _is_ingesting_step(export_id: int) -> bool:
 @DBOS.workflow()
 async def sync_source_workflow(export_id: int) -> str:
     for attempt in range(1, PULL_ATTEMPTS + 1):
-        result = await _pull_step(export_id)
+        result = await _source_pull_step(export_id)
         if result["outcome"] == "ok":
             break
         if result["outcome"] == "skip":
-            if await _is_ingesting_step(export_id):
+            if await _source_is_ingesting_step(export_id):
                 break  # pulled before a crash: ingest what is on disk
             return "skipped"
         reason = str(result["reason"])
         if reason not in TRANSIENT or attempt == PULL_ATTEMPTS:
-            await _failed_step(export_id, reason, str(result["detail"]))
+            await _source_failed_step(export_id, reason, str(result["detail"]))
             return "failed"
         await DBOS.sleep_async(BACKOFF_SECONDS * 2 ** (attempt - 1))
-    outcome = await _ingest_step(export_id)
+    outcome = await _source_ingest_step(export_id)
     if outcome != "skip":
-        await _notify_step(export_id)
+        await _source_notify_step(export_id)
     return outcome

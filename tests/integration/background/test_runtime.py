@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -62,3 +64,17 @@ def test_workflows_waiting_for_a_slot_hold_no_thread(db: Database, tmp_path: Pat
         assert threading.active_count() - threads_before < WAITING_EXPORTS // 2
     finally:
         runtime.stop()
+
+
+def test_every_durable_function_has_its_own_name() -> None:
+    """DBOS finds workflows and steps by name: two with one name (the sources' steps once
+    copied the exports' names) make it warn, and a recovery could run the wrong one."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import ehi_bridge.runtime"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Duplicate registration" not in result.stderr + result.stdout
