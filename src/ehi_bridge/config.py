@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -304,7 +305,6 @@ class Settings(BaseSettings):
         return self.live_public_id, self.live_private_key.get_secret_value()
 
     def allowed_download_hosts(self) -> set[str]:
-        from urllib.parse import urlsplit
 
         hosts = {h.lower() for h in self.download_allowed_hosts}
         api_host = urlsplit(self.fasten_api_url).hostname

@@ -45,7 +45,9 @@ from ehi_bridge.config import Mode
 from ehi_bridge.connections import service as connections_service
 from ehi_bridge.db.engine import Database
 from ehi_bridge.deps import CtxDep, DatabaseDep, ReadSession
+from ehi_bridge.exports import service as exports_service
 from ehi_bridge.records import repository as records
+from ehi_bridge.webhooks.service import replay_events
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Problem, "description": "Invalid cursor or filter"},
@@ -320,13 +322,12 @@ def get_export(session: ReadSession, export_id: RowId) -> ExportDetail:
 
 
 def _export_call(action: str, call: Any, *args: Any) -> ExportOut:
-    from ehi_bridge.exports.service import ExportNotAllowed
 
     try:
         export = call(*args)
     except LookupError:
         raise _not_found(action) from None
-    except ExportNotAllowed as error:
+    except exports_service.ExportNotAllowed as error:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(error)) from None
     return ExportOut.model_validate(export)
 
@@ -341,7 +342,6 @@ def _export_call(action: str, call: Any, *args: Any) -> ExportOut:
 def request_export(
     body: ExportRequest, ctx: CtxDep, actor: ApiActor, request: Request
 ) -> ExportOut:
-    from ehi_bridge.exports import service as exports_service
 
     out = _export_call(
         "connection", exports_service.request_export, ctx.db, body.connection_id, "manual"
@@ -358,7 +358,6 @@ def request_export(
     summary="Request a fresh export for the connection of a failed or finished one",
 )
 def retry_export(export_id: RowId, ctx: CtxDep, actor: ApiActor, request: Request) -> ExportOut:
-    from ehi_bridge.exports import service as exports_service
 
     out = _export_call("export", exports_service.retry_export, ctx.db, export_id)
     _audit(ctx.db, actor, "export.retry", "export", str(export_id), request)
@@ -428,7 +427,6 @@ def get_event(
 
 
 def _replay(db: Database, ids: list[int]) -> int:
-    from ehi_bridge.webhooks.service import replay_events
 
     done = 0
     for start in range(0, len(ids), REPLAY_CHUNK):

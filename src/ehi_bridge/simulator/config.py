@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from dataclasses import dataclass, field
 
@@ -97,7 +98,6 @@ class SimulatorConfig:
         **overrides: object,
     ) -> SimulatorConfig:
         """Fixed test credentials and short retry timings."""
-        import base64
 
         modes: dict[Mode, ModeConfig] = {
             "test": ModeConfig(

@@ -14,6 +14,7 @@ import logging
 import socket
 import threading
 from types import TracebackType
+from urllib.parse import urlsplit
 
 import uvicorn
 
@@ -73,7 +74,6 @@ class SimulatorServer:
 
     def service_env(self) -> dict[str, str]:
         """``EHI_*`` settings that point ehi-bridge at this simulator."""
-        from urllib.parse import urlsplit
 
         env = {
             "EHI_FASTEN_API_URL": self.fasten_api_url,
