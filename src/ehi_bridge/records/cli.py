@@ -10,6 +10,7 @@ import typer
 
 if TYPE_CHECKING:
     from ehi_bridge.config import Settings
+    from ehi_bridge.db.engine import Database
 
 app = typer.Typer(no_args_is_help=True, help="Stored FHIR records.")
 
@@ -20,6 +21,19 @@ def quiet_log_level(settings: Settings) -> str:
     """One-shot commands report on stdout and keep stderr for problems: WARNING unless
     EHI_LOG_LEVEL was set explicitly."""
     return settings.log_level if "log_level" in settings.model_fields_set else "WARNING"
+
+
+def connection_id_or_exit(db: Database, connection: str) -> str:
+    """The id of the connection named by id or org connection id; exit 1 with one line if none."""
+    from ehi_bridge.connections.repository import find
+
+    with db.read_session() as session:
+        found = find(session, connection)
+        connection_id = found.id if found is not None else None
+    if connection_id is None:
+        typer.echo(f"unknown connection: {connection}", err=True)
+        raise typer.Exit(code=1)
+    return connection_id
 
 
 def refuse_unreadable_input(file: Path) -> None:
@@ -186,7 +200,6 @@ def export_command(
     resource: a resource that arrived pretty-printed (in a Bundle) has its line breaks
     written as spaces there (same length, same JSON); --format bundle keeps them."""
     from ehi_bridge.config import Settings
-    from ehi_bridge.connections.repository import find
     from ehi_bridge.db.engine import Database
     from ehi_bridge.db.migrate import ensure_schema
     from ehi_bridge.logging import configure_logging
@@ -202,12 +215,7 @@ def export_command(
     ensure_schema(url)
     db = Database(url)
     try:
-        with db.read_session() as session:
-            found = find(session, connection)
-            connection_id = found.id if found is not None else None
-        if connection_id is None:
-            typer.echo(f"unknown connection: {connection}", err=True)
-            raise typer.Exit(code=1)
+        connection_id = connection_id_or_exit(db, connection)
         writer = iter_bundle if output_format == "bundle" else iter_raw
         if out == "-":
             sink = sys.stdout.buffer
@@ -240,7 +248,6 @@ def errors_command(
     """The quarantine of a connection: rejected lines, conflicting and exact repeats,
     duplicate JSON keys; with line, reason and source run."""
     from ehi_bridge.config import Settings
-    from ehi_bridge.connections.repository import find
     from ehi_bridge.db.engine import Database
     from ehi_bridge.db.migrate import ensure_schema
     from ehi_bridge.logging import configure_logging
@@ -252,12 +259,9 @@ def errors_command(
     ensure_schema(url)
     db = Database(url)
     try:
+        connection_id = connection_id_or_exit(db, connection)
         with db.read_session() as session:
-            found = find(session, connection)
-            if found is None:
-                typer.echo(f"unknown connection: {connection}", err=True)
-                raise typer.Exit(code=1)
-            rows = list_errors(session, found.id, kind=kind, run_id=run, limit=limit)
+            rows = list_errors(session, connection_id, kind=kind, run_id=run, limit=limit)
             for row in rows:
                 source = f"export {row.export_id}" if row.export_id else "import"
                 where = f"run {row.run_id} ({source})"
@@ -291,7 +295,6 @@ def reingest_command(
     the parser. Lines that still fail, or whose bytes were truncated, stay in quarantine
     and are listed with the reason."""
     from ehi_bridge.config import Settings
-    from ehi_bridge.connections.repository import find
     from ehi_bridge.db.engine import Database
     from ehi_bridge.db.migrate import ensure_schema
     from ehi_bridge.logging import configure_logging
@@ -303,12 +306,7 @@ def reingest_command(
     ensure_schema(url)
     db = Database(url)
     try:
-        with db.read_session() as session:
-            found = find(session, connection)
-            connection_id = found.id if found is not None else None
-        if connection_id is None:
-            typer.echo(f"unknown connection: {connection}", err=True)
-            raise typer.Exit(code=1)
+        connection_id = connection_id_or_exit(db, connection)
         outcome = reingest_quarantine(db, connection_id, settings.quarantine_max_bytes)
     finally:
         db.dispose()
