@@ -44,7 +44,7 @@ from ehi_bridge.auth.service import Actor, record_audit
 from ehi_bridge.config import Mode
 from ehi_bridge.connections import service as connections_service
 from ehi_bridge.db.engine import Database
-from ehi_bridge.deps import CtxDep, DatabaseDep, ReadSession
+from ehi_bridge.deps import AppContext, CtxDep, DatabaseDep, ReadSession
 from ehi_bridge.exports import service as exports_service
 from ehi_bridge.records import repository as records
 from ehi_bridge.webhooks.service import replay_events
@@ -235,19 +235,7 @@ def get_user(session: ReadSession, external_id: PathIdent) -> UserDetail:
 def create_connect_link(
     body: ConnectLinkRequest, ctx: CtxDep, actor: ApiActor, request: Request
 ) -> ConnectLinkOut:
-    ttl = body.ttl_hours * 3600
-    issued = datetime.now(UTC)
-    try:
-        url = make_connect_link(ctx.settings, body.external_id, ttl=ttl)
-    except ConnectLinkError as exc:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail="EHI_CONNECT_LINK_SECRET is not set: connect links cannot be made",
-        ) from exc
-    _audit(ctx.db, actor, "connect_link.create", "external_id", body.external_id, request)
-    return ConnectLinkOut(
-        external_id=body.external_id, url=url, expires_at=issued + timedelta(seconds=ttl)
-    )
+    return _connect_link(body, ctx, actor, request, action="connect_link.create")
 
 
 @authed.post(
@@ -265,16 +253,31 @@ def create_source_connect_link(
 ) -> ConnectLinkOut:
     """The connect page's link, opened at "connect your hospital directly"; the patient
     searches the institution catalog there. Same token as ``/api/connect-links``."""
+    return _connect_link(
+        body, ctx, actor, request, action="sources.connect_link.create", anchor="#direct"
+    )
+
+
+def _connect_link(
+    body: ConnectLinkRequest,
+    ctx: AppContext,
+    actor: Actor,
+    request: Request,
+    *,
+    action: str,
+    anchor: str = "",
+) -> ConnectLinkOut:
+    """A signed connect link for ``body.external_id`` (audited as ``action``)."""
     ttl = body.ttl_hours * 3600
     issued = datetime.now(UTC)
     try:
-        url = make_connect_link(ctx.settings, body.external_id, ttl=ttl) + "#direct"
+        url = make_connect_link(ctx.settings, body.external_id, ttl=ttl) + anchor
     except ConnectLinkError as exc:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             detail="EHI_CONNECT_LINK_SECRET is not set: connect links cannot be made",
         ) from exc
-    _audit(ctx.db, actor, "sources.connect_link.create", "external_id", body.external_id, request)
+    _audit(ctx.db, actor, action, "external_id", body.external_id, request)
     return ConnectLinkOut(
         external_id=body.external_id, url=url, expires_at=issued + timedelta(seconds=ttl)
     )
