@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     """Most inbox events applied in one transaction (on SQLite the applier steers its batches
     to keep each write transaction near 10 ms, up to this size)."""
 
+    apply_share_while_receiving: float = Field(default=0.5, gt=0, le=1)
+    """While webhook deliveries are arriving, the applier works at most this share of the
+    time (it pauses between batches): receiving comes first, the backlog still drains."""
+
     background_process: bool = True
     """`serve` runs its background work in a child process of lower CPU priority (false: in the
     web process)."""

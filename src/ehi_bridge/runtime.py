@@ -34,7 +34,12 @@ from sqlalchemy import create_engine, event
 from ehi_bridge import __version__
 from ehi_bridge.background.context import BackgroundContext, install
 from ehi_bridge.background.executor_lock import ExecutorLock
-from ehi_bridge.background.limits import StageLimits, next_batch_size
+from ehi_bridge.background.limits import (
+    StageLimits,
+    next_batch_size,
+    receiving_fast,
+    yield_to_receiver,
+)
 from ehi_bridge.config import Settings
 from ehi_bridge.connections.tasks import verify_connection_workflow
 from ehi_bridge.db.base import utcnow
@@ -81,6 +86,8 @@ class Runtime:
     _stop: threading.Event = field(default_factory=threading.Event)
     lock_held_by_caller: bool = False
     _batch: int = 0  # the applier's current batch size (SQLite steers it)
+    # The newest inbox row the applier has seen, and when: how fast deliveries arrive.
+    _newest_seen: tuple[int, float] = (0, 0.0)
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: ExecutorLock | None = None
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
@@ -147,15 +154,25 @@ class Runtime:
     def apply_once(self) -> bool:
         """Apply one batch; whether it was full (more may be waiting)."""
         limit = self._batch or self.settings.apply_batch_size
-        started = time.perf_counter()
         result = apply_batch(self.db, self.settings, limit=limit)
+        busy = result.transaction_seconds
         if self.db.is_sqlite and result.claimed:
-            elapsed = time.perf_counter() - started
             maximum = self.settings.apply_batch_size
-            self._batch = next_batch_size(limit, elapsed, result.claimed, maximum)
+            self._batch = next_batch_size(limit, busy, result.claimed, maximum)
         if result.follow_ups:
             self._wake_launcher.set()
-        return result.claimed >= limit
+        full = result.claimed >= limit
+        if full and self._receiver_busy():
+            self._stop.wait(yield_to_receiver(busy, self.settings.apply_share_while_receiving))
+        return full
+
+    def _receiver_busy(self) -> bool:
+        with self.db.read_session() as session:
+            newest = inbox_repo.newest_id(session) or 0
+        now = time.monotonic()
+        seen, seen_at = self._newest_seen
+        self._newest_seen = (newest, now)
+        return receiving_fast(newest - seen, now - seen_at)
 
     # --- launcher and sweep ----------------------------------------------------------------
 

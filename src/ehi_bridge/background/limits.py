@@ -24,8 +24,21 @@ def next_slot(now: float, next_free: float, interval: float) -> tuple[float, flo
 
 # An SQLite write transaction of the applier holds the webhook receiver's commits back for as
 # long as it lasts, so its batch size is steered to keep it about this short.
-APPLY_TRANSACTION_TARGET_SECONDS = 0.010
+APPLY_TRANSACTION_TARGET_SECONDS = 0.004
 MIN_APPLY_BATCH = 8
+# Deliveries arriving faster than this keep the receiver busy enough to be given way to.
+BUSY_RECEIVER_PER_SECOND = 500.0
+
+
+def receiving_fast(new_rows: int, seconds: float) -> bool:
+    """Whether the inbox grew fast enough since the last look that the receiver comes first
+    (pure; the first look, ``seconds`` from an arbitrary origin, counts as not busy)."""
+    return 0 < seconds < 60 and new_rows / seconds >= BUSY_RECEIVER_PER_SECOND
+
+
+def yield_to_receiver(busy_seconds: float, share: float) -> float:
+    """The pause after a batch that keeps the applier's work to ``share`` of the time (pure)."""
+    return busy_seconds * (1 - share) / share
 
 
 def next_batch_size(current: int, elapsed: float, claimed: int, maximum: int) -> int:

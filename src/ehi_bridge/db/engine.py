@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from ehi_bridge.db.urls import is_sqlite, normalize_url
+from ehi_bridge.db.wal import WalFile
 from ehi_bridge.db.write_gate import WriteGate
 
 __all__ = ["Database", "is_sqlite", "make_engine", "normalize_url", "sqlite_wal_database"]
@@ -44,6 +45,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _sqlite_commit_without_sync(dbapi_connection: Any, _record: Any) -> None:
+    # After _sqlite_pragmas: this engine's commits are synced by Database.hot_write_session.
+    dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
 
 def _sqlite_begin(conn: Any) -> None:
@@ -101,6 +107,9 @@ class Database:
         self.read_sessions = sessionmaker(
             self.engine.execution_options(read_only=True), expire_on_commit=False
         )
+        self._hot_sessions: sessionmaker[Session] | None = None
+        self._hot_engine: Engine | None = None
+        self._wal = WalFile(self.sqlite_path) if self.sqlite_path else None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -118,6 +127,26 @@ class Database:
             yield
 
     @contextmanager
+    def hot_write_session(self) -> Iterator[Session]:
+        """A write transaction on the hot path, queued at the write gate (SQLite).
+
+        On SQLite it commits with ``synchronous=NORMAL`` inside the gate and the WAL is
+        fdatasync'd after the gate is released: the writers queued behind it wait for the
+        transaction, not for the disk. It still returns only once the commit is on disk.
+        """
+        if self._gate is None or self._wal is None:
+            with self.session() as session:
+                yield session
+            return
+        if self._hot_sessions is None:
+            self._hot_engine = make_engine(self.url, pool_size=1, max_overflow=2)
+            event.listen(self._hot_engine, "connect", _sqlite_commit_without_sync)
+            self._hot_sessions = sessionmaker(self._hot_engine, expire_on_commit=False)
+        with self._gate.hold(), self._hot_sessions.begin() as session:
+            yield session
+        self._wal.sync()
+
+    @contextmanager
     def read_session(self) -> Iterator[Session]:
         """A session for reads only (on SQLite it does not take the write lock)."""
         with self.read_sessions() as session:
@@ -125,3 +154,7 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._hot_engine is not None:
+            self._hot_engine.dispose()
+        if self._wal is not None:
+            self._wal.close()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import queue
 import threading
 import time
@@ -37,6 +36,7 @@ from typing import Any
 import structlog
 
 from ehi_bridge.db.engine import Database, sqlite_wal_database
+from ehi_bridge.db.wal import WalFile
 from ehi_bridge.webhooks.models import InboxEvent, InboxStatus
 
 log = structlog.get_logger(__name__)
@@ -186,29 +186,6 @@ def _take(source: queue.SimpleQueue[Any], first: Any, limit: int) -> tuple[list[
             return items, True
         items.append(item)
     return items, False
-
-
-class WalFile:
-    """The SQLite WAL file of one database, to ``fdatasync`` commits made with
-    ``synchronous=NORMAL``. Reopened if the file was replaced (same path, new inode)."""
-
-    def __init__(self, database_path: str) -> None:
-        self.path = database_path + "-wal"
-        self._fd: int | None = None
-
-    def sync(self) -> None:
-        current = os.stat(self.path).st_ino
-        if self._fd is not None and os.fstat(self._fd).st_ino != current:
-            self.close()
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        os.fdatasync(self._fd)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
 
 
 class InboxWriter:

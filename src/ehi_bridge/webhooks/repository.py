@@ -190,6 +190,11 @@ def newest_of_org_connection(
     return rows[:limit]
 
 
+def newest_id(session: Session) -> int | None:
+    """The id of the newest inbox row (new rows mean deliveries are arriving)."""
+    return session.scalar(select(func.max(InboxEvent.id)))
+
+
 def any_due(session: Session, now: datetime) -> bool:
     """Whether anything waits to be applied (a read: the applier's cheap idle check)."""
     new = select(InboxEvent.id).where(InboxEvent.status == InboxStatus.RECEIVED).limit(1)

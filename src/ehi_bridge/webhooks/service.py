@@ -15,6 +15,7 @@ row with ``next_attempt_at``: no thread or slot waits for it) and, after
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,7 @@ from ehi_bridge.alerts.service import deliver_held, hold_deliveries, raise_alert
 from ehi_bridge.config import Settings
 from ehi_bridge.connections import repository as connections_repo
 from ehi_bridge.connections.models import Connection
+from ehi_bridge.connections.repository import LockedConnection
 from ehi_bridge.connections.state import (
     ConnectionState,
     ConnectionStatus,
@@ -95,6 +97,8 @@ class BatchResult:
     ignored: list[int] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     follow_ups: list[outbox_repo.FollowUp] = field(default_factory=list)
+    # From taking the write gate to the commit: how long the receiver's commits waited.
+    transaction_seconds: float = 0.0
 
     @property
     def parked(self) -> list[int]:
@@ -138,7 +142,7 @@ class _Context:
 
     session: Session
     settings: Settings
-    connections: dict[str, Connection]
+    connections: dict[str, LockedConnection]
     follow_ups: list[outbox_repo.FollowUp] = field(default_factory=list)
     exports: _BatchExports = field(default_factory=_BatchExports)
     # Connections whose new export is written with the next read of exports, or at the end:
@@ -207,66 +211,74 @@ def apply_batch(
             early = _prepare(settings, inbox_repo.claim_due(session, now, limit), now)
         if not early.rows:
             return BatchResult()
-    with db.hot_write(), db.session() as session:
+    with db.hot_write_session() as session:
+        held_from = time.perf_counter()
         hold_deliveries(session)  # sinks may be slow: they are called after the gate
-        if early is None:
-            prepared = _prepare(settings, inbox_repo.claim_due(session, now, limit), now)
-        else:
-            prepared = early.keep(inbox_repo.still_due(session, early.ids(), now))
-        rows, parsed = prepared.rows, prepared.parsed
-        if not rows:
-            return BatchResult()
-        result = BatchResult(
-            claimed=len(rows), ignored=prepared.ignored, failures=prepared.failures
-        )
-        ctx = _Context(session, settings, {})
-        conflicts: dict[int, str] = {}  # inbox id → connection whose owner it contradicts
-        try:
-            with session.begin_nested():
-                ctx.connections = connections_repo.lock_for_events(session, _touched(parsed))
-                _load_exports(ctx, parsed)
-                for item in parsed:
-                    _APPLIERS[item.row.event_type](ctx, item.row, item.data, item.at)
-                _write_requested_exports(ctx, index=False)
-            result.applied = [item.row.id for item in parsed]
-        except Exception:
-            # One row's write failed: redo each row alone to find it; the rest still apply.
-            session.expire_all()
-            ctx.follow_ups.clear()
-            ctx.exports_to_request.clear()
-            for item in parsed:
-                mark = len(ctx.follow_ups)
-                try:
-                    with session.begin_nested():
-                        ctx.connections = connections_repo.lock_for_events(
-                            session, _touched([item])
-                        )
-                        _load_exports(ctx, [item])
-                        _APPLIERS[item.row.event_type](ctx, item.row, item.data, item.at)
-                        _write_requested_exports(ctx, index=False)
-                    result.applied.append(item.row.id)
-                except OwnershipConflict as conflict:
-                    del ctx.follow_ups[mark:]
-                    ctx.exports_to_request.clear()
-                    session.expire_all()
-                    result.failures.append(
-                        Failure(item.row.id, item.row.attempts + 1, str(conflict), None)
-                    )
-                    conflicts[item.row.id] = conflict.connection_id
-                except Exception as exc:
-                    del ctx.follow_ups[mark:]
-                    ctx.exports_to_request.clear()
-                    session.expire_all()
-                    # Only our own words are stored: a driver's text could quote row values.
-                    result.failures.append(_failure(settings, item.row, type(exc).__name__, now))
-        inbox_repo.finish(session, applied=result.applied, ignored=result.ignored, now=now)
-        inbox_repo.record_failures(session, result.failures)
-        for failure in result.failures:
-            if failure.next_attempt_at is None:
-                _park_alert(session, settings, rows, failure, conflicts.get(failure.inbox_id))
-        outbox_repo.add(session, *ctx.follow_ups)
-        result.follow_ups = ctx.follow_ups
+        result = _apply_claimed(session, settings, early, limit, now)
+        result.transaction_seconds = time.perf_counter() - held_from
     deliver_held(session)
+    return result
+
+
+def _apply_claimed(
+    session: Session, settings: Settings, early: _Prepared | None, limit: int, now: datetime
+) -> BatchResult:
+    """Inside the write transaction: apply what is (still) due, record every outcome."""
+    if early is None:
+        prepared = _prepare(settings, inbox_repo.claim_due(session, now, limit), now)
+    else:
+        prepared = early.keep(inbox_repo.still_due(session, early.ids(), now))
+    rows, parsed = prepared.rows, prepared.parsed
+    if not rows:
+        return BatchResult()
+    result = BatchResult(claimed=len(rows), ignored=prepared.ignored, failures=prepared.failures)
+    ctx = _Context(session, settings, {})
+    conflicts: dict[int, str] = {}  # inbox id → connection whose owner it contradicts
+    try:
+        with session.begin_nested():
+            ctx.connections = connections_repo.lock_for_events(session, _touched(parsed))
+            _load_exports(ctx, parsed)
+            for item in parsed:
+                _APPLIERS[item.row.event_type](ctx, item.row, item.data, item.at)
+            _write_requested_exports(ctx, index=False)
+            connections_repo.save_locked(session, ctx.connections.values())
+        result.applied = [item.row.id for item in parsed]
+    except Exception:
+        # One row's write failed: redo each row alone to find it; the rest still apply.
+        session.expire_all()
+        ctx.follow_ups.clear()
+        ctx.exports_to_request.clear()
+        for item in parsed:
+            mark = len(ctx.follow_ups)
+            try:
+                with session.begin_nested():
+                    ctx.connections = connections_repo.lock_for_events(session, _touched([item]))
+                    _load_exports(ctx, [item])
+                    _APPLIERS[item.row.event_type](ctx, item.row, item.data, item.at)
+                    _write_requested_exports(ctx, index=False)
+                    connections_repo.save_locked(session, ctx.connections.values())
+                result.applied.append(item.row.id)
+            except OwnershipConflict as conflict:
+                del ctx.follow_ups[mark:]
+                ctx.exports_to_request.clear()
+                session.expire_all()
+                result.failures.append(
+                    Failure(item.row.id, item.row.attempts + 1, str(conflict), None)
+                )
+                conflicts[item.row.id] = conflict.connection_id
+            except Exception as exc:
+                del ctx.follow_ups[mark:]
+                ctx.exports_to_request.clear()
+                session.expire_all()
+                # Only our own words are stored: a driver's text could quote row values.
+                result.failures.append(_failure(settings, item.row, type(exc).__name__, now))
+    inbox_repo.finish(session, applied=result.applied, ignored=result.ignored, now=now)
+    inbox_repo.record_failures(session, result.failures)
+    for failure in result.failures:
+        if failure.next_attempt_at is None:
+            _park_alert(session, settings, rows, failure, conflicts.get(failure.inbox_id))
+    outbox_repo.add(session, *ctx.follow_ups)
+    result.follow_ups = ctx.follow_ups
     return result
 
 
@@ -352,17 +364,17 @@ def _park_alert(
     )
 
 
-def _connection(ctx: _Context, org_connection_id: str | None) -> Connection | None:
+def _connection(ctx: _Context, org_connection_id: str | None) -> LockedConnection | None:
     # TEFCA payloads may omit ids: the event is kept, there is nothing to link.
     return ctx.connections.get(org_connection_id) if org_connection_id else None
 
 
-def _state(connection: Connection) -> ConnectionState:
+def _state(connection: Connection | LockedConnection) -> ConnectionState:
     status = None if connection.status == ConnectionStatus.PENDING else connection.status
     return ConnectionState(status, connection.status_changed_at)
 
 
-def _apply_transition(connection: Connection, result: Transition) -> None:
+def _apply_transition(connection: Connection | LockedConnection, result: Transition) -> None:
     if not result.changed:
         return
     connection.status = result.state.status or ConnectionStatus.PENDING
@@ -374,7 +386,7 @@ def _apply_transition(connection: Connection, result: Transition) -> None:
         connection.revoked_at = result.state.changed_at
 
 
-def _fill(connection: Connection, values: dict[str, Any]) -> None:
+def _fill(connection: LockedConnection, values: dict[str, Any]) -> None:
     for name, value in values.items():
         if value not in (None, "") and getattr(connection, name) in (None, ""):
             setattr(connection, name, value)
@@ -426,7 +438,7 @@ def reauthorize_if_confirmed(
         return None
 
 
-def _export_for_task(ctx: _Context, connection: Connection, task_id: str | None) -> Export:
+def _export_for_task(ctx: _Context, connection: LockedConnection, task_id: str | None) -> Export:
     _write_requested_exports(ctx)
     if task_id and (known := ctx.exports.by_task.get(task_id)) is not None:
         return known

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from ehi_bridge.background.executor_lock import ExecutorIdInUse, ExecutorLock
+from ehi_bridge.db import wal
+from ehi_bridge.db.engine import Database
+from ehi_bridge.db.migrate import upgrade
 from ehi_bridge.db.write_gate import WriteGate
+
+
+@pytest.fixture
+def sqlite_db(tmp_path: Path) -> Iterator[Database]:
+    url = f"sqlite:///{tmp_path / 'hot.sqlite3'}"
+    upgrade(url)
+    database = Database(url)
+    yield database
+    database.dispose()
 
 
 def test_one_holder_per_executor_id(database_url: str) -> None:
@@ -97,3 +113,40 @@ def test_write_gate_holds_another_process_back(tmp_path: Path) -> None:
         assert other.poll() is None  # still queued behind us
     out, _ = other.communicate(timeout=30)
     assert other.returncode == 0 and float(out) > 0.0
+
+
+def test_a_hot_write_commits_inside_the_gate_and_syncs_the_wal_after_it(
+    sqlite_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert sqlite_db.sqlite_path is not None
+    gate_file = f"{sqlite_db.sqlite_path}-writegate"
+    wal_file = f"{sqlite_db.sqlite_path}-wal"
+    synced: list[tuple[str, bool]] = []
+    real_fdatasync = os.fdatasync
+
+    def recording_fdatasync(fd: int) -> None:
+        real_fdatasync(fd)
+        probe = os.open(gate_file, os.O_RDWR)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            gate_free = True
+        except BlockingIOError:
+            gate_free = False
+        finally:
+            os.close(probe)
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), gate_free))
+
+    monkeypatch.setattr(wal.os, "fdatasync", recording_fdatasync)
+    with sqlite_db.hot_write_session() as session:
+        # 1 = NORMAL: the commit does not wait for the disk while others wait for the gate.
+        assert session.execute(text("PRAGMA synchronous")).scalar() == 1
+        session.execute(
+            text("INSERT INTO instance_secrets VALUES ('probe', 'x', '2026-12-04 00:00:00')")
+        )
+        assert not synced
+    assert synced == [(wal_file, True)]
+    with sqlite_db.read_session() as session:
+        assert session.execute(text("SELECT value FROM instance_secrets")).scalars().all() == ["x"]
+    # The ordinary sessions still commit with synchronous=FULL.
+    with sqlite_db.session() as session:
+        assert session.execute(text("PRAGMA synchronous")).scalar() == 2

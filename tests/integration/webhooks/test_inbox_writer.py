@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from ehi_bridge.db import wal
 from ehi_bridge.db.engine import Database
 from ehi_bridge.db.migrate import upgrade
 from ehi_bridge.webhooks import inbox
@@ -73,14 +74,14 @@ def test_sqlite_writer_commits_without_fsync_and_syncs_before_answering(
         real_fdatasync(fd)
         synced.append(fd)
 
-    monkeypatch.setattr(inbox.os, "fdatasync", recording_fdatasync)
+    monkeypatch.setattr(wal.os, "fdatasync", recording_fdatasync)
     writer = InboxWriter(sqlite_db)
     writer.start()
     try:
         asyncio.run(_submit_concurrently(writer, [_delivery() for _ in range(20)]))
         assert synced, "answered without syncing the WAL"
-        wal = Path(str(sqlite_db.engine.url.database) + "-wal")
-        assert all(os.readlink(f"/proc/self/fd/{fd}") == str(wal) for fd in set(synced))
+        wal_path = Path(str(sqlite_db.engine.url.database) + "-wal")
+        assert all(os.readlink(f"/proc/self/fd/{fd}") == str(wal_path) for fd in set(synced))
         cursor = writer._connection.cursor()
         # 1 = NORMAL: durability comes from the syncer's fdatasync, not the commit.
         assert cursor.execute("PRAGMA synchronous").fetchone()[0] == 1
@@ -101,11 +102,11 @@ def test_a_failed_wal_sync_is_answered_unavailable_and_the_writer_recovers(
     writer = InboxWriter(sqlite_db)
     writer.start()
     try:
-        monkeypatch.setattr(inbox.os, "fdatasync", failing_fdatasync)
+        monkeypatch.setattr(wal.os, "fdatasync", failing_fdatasync)
         lost = _delivery()
         with pytest.raises(InboxUnavailable):
             asyncio.run(writer.submit(lost))
-        monkeypatch.setattr(inbox.os, "fdatasync", real_fdatasync)
+        monkeypatch.setattr(wal.os, "fdatasync", real_fdatasync)
         # Fasten redelivers what was not answered 2xx: it is stored once, counted twice.
         asyncio.run(writer.submit(_delivery(lost.event_id)))
         asyncio.run(writer.submit(_delivery()))
@@ -141,10 +142,10 @@ def test_sqlite_wal_is_recycled_under_sustained_writes(
                         await asyncio.sleep(0.01)
 
         asyncio.run(sustained())
-        wal = Path(str(sqlite_db.engine.url.database) + "-wal")
-        wal_bytes = wal.stat().st_size
+        wal_path = Path(str(sqlite_db.engine.url.database) + "-wal")
+        wal_bytes = wal_path.stat().st_size
         # The WAL header's checkpoint sequence number counts the times the log started over.
-        restarts = int.from_bytes(wal.read_bytes()[12:16], "big")
+        restarts = int.from_bytes(wal_path.read_bytes()[12:16], "big")
     finally:
         writer.stop()
     assert _count(sqlite_db) == rounds * per_round

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from pydantic import SecretStr
 
 from ehi_bridge.background.child import settings_from_payload, settings_payload
 from ehi_bridge.background.limits import (
     APPLY_TRANSACTION_TARGET_SECONDS,
+    BUSY_RECEIVER_PER_SECOND,
     MIN_APPLY_BATCH,
     Pace,
     next_batch_size,
     next_slot,
+    receiving_fast,
+    yield_to_receiver,
 )
 from ehi_bridge.config import Settings
 
@@ -75,3 +79,18 @@ def test_settings_reach_the_child_whole_secrets_included() -> None:
     assert again.webhook_secrets("test") == ["whsec_a", "whsec_b"]
     assert again.test_private_key.get_secret_value() == "private_test_k"
     assert again.model_dump() == settings.model_dump()
+
+
+def test_the_receiver_counts_as_busy_only_when_deliveries_arrive_fast() -> None:
+    assert receiving_fast(new_rows=int(BUSY_RECEIVER_PER_SECOND), seconds=1.0)
+    assert not receiving_fast(new_rows=int(BUSY_RECEIVER_PER_SECOND) - 1, seconds=1.0)
+    assert not receiving_fast(new_rows=0, seconds=0.01)
+    # The first look measures from an arbitrary origin: never busy.
+    assert not receiving_fast(new_rows=10_000_000, seconds=5_000.0)
+    assert not receiving_fast(new_rows=5, seconds=0.0)
+
+
+def test_yielding_keeps_the_applier_to_its_share_of_the_time() -> None:
+    for share in (0.1, 0.25, 0.5, 1.0):
+        pause = yield_to_receiver(busy_seconds=0.004, share=share)
+        assert 0.004 / (0.004 + pause) == pytest.approx(share)
