@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, func, or_, select, text, update
+from sqlalchemy import ColumnElement, Select, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from ehi_bridge.webhooks.models import HANDED_ON, InboxEvent, InboxStatus
@@ -44,6 +44,14 @@ _PENDING_COLUMNS = (
 )
 
 
+def _due(now: datetime) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    """What is due to apply: new rows, and retries whose time has come. Two conditions, each
+    queried on its own, so each is answered from its index."""
+    new = InboxEvent.status == InboxStatus.RECEIVED
+    retry = (InboxEvent.status == InboxStatus.RETRY) & (InboxEvent.next_attempt_at <= now)
+    return new, retry
+
+
 def claim_due(session: Session, now: datetime, limit: int) -> list[PendingEvent]:
     """Up to ``limit`` rows to apply now, oldest first: new ones and retries that are due.
 
@@ -51,31 +59,24 @@ def claim_due(session: Session, now: datetime, limit: int) -> list[PendingEvent]
     processes take the rows after them instead of waiting or applying them twice. On
     SQLite the write transaction (``BEGIN IMMEDIATE``) already excludes other writers.
     """
-    new = (
-        select(*_PENDING_COLUMNS)
-        .where(InboxEvent.status == InboxStatus.RECEIVED)
-        .order_by(InboxEvent.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    due = (
-        select(*_PENDING_COLUMNS)
-        .where(InboxEvent.status == InboxStatus.RETRY, InboxEvent.next_attempt_at <= now)
-        .order_by(InboxEvent.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
-    rows = [*session.execute(new), *session.execute(due)]
+    rows = [
+        row
+        for condition in _due(now)
+        for row in session.execute(
+            select(*_PENDING_COLUMNS)
+            .where(condition)
+            .order_by(InboxEvent.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    ]
     rows.sort(key=lambda row: row[0])
     return [PendingEvent(*row) for row in rows[:limit]]
 
 
 def still_due(session: Session, ids: Sequence[int], now: datetime) -> set[int]:
     """Which of ``ids`` are still due (read again inside the write transaction)."""
-    due = or_(
-        InboxEvent.status == InboxStatus.RECEIVED,
-        (InboxEvent.status == InboxStatus.RETRY) & (InboxEvent.next_attempt_at <= now),
-    )
+    due = or_(*_due(now))
     return set(session.scalars(select(InboxEvent.id).where(InboxEvent.id.in_(ids), due)))
 
 
@@ -197,10 +198,7 @@ def newest_id(session: Session) -> int | None:
 
 def any_due(session: Session, now: datetime) -> bool:
     """Whether anything waits to be applied (a read: the applier's cheap idle check)."""
-    new = select(InboxEvent.id).where(InboxEvent.status == InboxStatus.RECEIVED).limit(1)
-    due = (
-        select(InboxEvent.id)
-        .where(InboxEvent.status == InboxStatus.RETRY, InboxEvent.next_attempt_at <= now)
-        .limit(1)
+    return any(
+        session.scalar(select(InboxEvent.id).where(condition).limit(1)) is not None
+        for condition in _due(now)
     )
-    return session.scalar(new) is not None or session.scalar(due) is not None
