@@ -101,9 +101,9 @@ class Settings(BaseSettings):
     to keep each write transaction near 4 ms, up to this size)."""
 
     apply_share_while_receiving: float = Field(default=0.5, gt=0, le=1)
-    """While webhook deliveries arrive fast (over 500 a second), the applier works at most this
-    share of the time, pausing between batches: receiving comes first, the backlog still
-    drains, and at full speed again once the burst is over."""
+    """SQLite: while webhook deliveries arrive fast (over 500 a second), the applier holds the
+    write lock at most this share of the time, pausing between batches: receiving comes
+    first, the backlog still drains, at full speed again once the burst is over."""
 
     background_process: bool = True
     """`serve` runs its background work in a child process of lower CPU priority (false: in the

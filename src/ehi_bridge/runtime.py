@@ -162,7 +162,9 @@ class Runtime:
         if result.follow_ups:
             self._wake_launcher.set()
         full = result.claimed >= limit
-        if full and self._receiver_busy():
+        # Only SQLite's write lock is shared with the receiver; on PostgreSQL the child's lower
+        # CPU priority already lets the receiver go first (pausing there only cost drain).
+        if full and self.db.is_sqlite and self._receiver_busy():
             self._stop.wait(yield_to_receiver(busy, self.settings.apply_share_while_receiving))
         return full
 
