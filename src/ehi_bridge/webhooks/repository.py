@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import ColumnElement, Select, func, or_, select, text, update
+from sqlalchemy import ColumnElement, Select, Table, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from ehi_bridge.webhooks.models import HANDED_ON, InboxEvent, InboxStatus
@@ -31,24 +32,30 @@ class PendingEvent:
     replays: int
 
 
-_PENDING_COLUMNS = (
-    InboxEvent.id,
-    InboxEvent.event_id,
-    InboxEvent.event_type,
-    InboxEvent.api_mode,
-    InboxEvent.body,
-    InboxEvent.received_at,
-    InboxEvent.org_connection_id,
-    InboxEvent.attempts,
-    InboxEvent.replays,
+# The applier's statements are Core (table columns): the ORM's statement handling (and an
+# ORM UPDATE's session synchronisation) cost as much as the SQL, inside SQLite's write lock.
+INBOX = cast(Table, InboxEvent.__table__)
+_PENDING_COLUMNS = tuple(
+    INBOX.c[name]
+    for name in (
+        "id",
+        "event_id",
+        "event_type",
+        "api_mode",
+        "body",
+        "received_at",
+        "org_connection_id",
+        "attempts",
+        "replays",
+    )
 )
 
 
 def _due(now: datetime) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
     """What is due to apply: new rows, and retries whose time has come. Two conditions, each
     queried on its own, so each is answered from its index."""
-    new = InboxEvent.status == InboxStatus.RECEIVED
-    retry = (InboxEvent.status == InboxStatus.RETRY) & (InboxEvent.next_attempt_at <= now)
+    new = INBOX.c.status == InboxStatus.RECEIVED
+    retry = (INBOX.c.status == InboxStatus.RETRY) & (INBOX.c.next_attempt_at <= now)
     return new, retry
 
 
@@ -65,7 +72,7 @@ def claim_due(session: Session, now: datetime, limit: int) -> list[PendingEvent]
         for row in session.execute(
             select(*_PENDING_COLUMNS)
             .where(condition)
-            .order_by(InboxEvent.id)
+            .order_by(INBOX.c.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
@@ -77,7 +84,7 @@ def claim_due(session: Session, now: datetime, limit: int) -> list[PendingEvent]
 def still_due(session: Session, ids: Sequence[int], now: datetime) -> set[int]:
     """Which of ``ids`` are still due (read again inside the write transaction)."""
     due = or_(*_due(now))
-    return set(session.scalars(select(InboxEvent.id).where(InboxEvent.id.in_(ids), due)))
+    return set(session.scalars(select(INBOX.c.id).where(INBOX.c.id.in_(ids), due)))
 
 
 def finish(
@@ -86,11 +93,11 @@ def finish(
     """Mark claimed rows done, one statement per outcome."""
     if applied:
         session.execute(
-            update(InboxEvent)
-            .where(InboxEvent.id.in_(applied))
+            update(INBOX)
+            .where(INBOX.c.id.in_(applied))
             .values(
                 status=InboxStatus.APPLIED,
-                apply_count=InboxEvent.apply_count + 1,
+                apply_count=INBOX.c.apply_count + 1,
                 applied_at=now,
                 last_error=None,
                 next_attempt_at=None,
@@ -98,8 +105,8 @@ def finish(
         )
     if ignored:
         session.execute(
-            update(InboxEvent)
-            .where(InboxEvent.id.in_(ignored))
+            update(INBOX)
+            .where(INBOX.c.id.in_(ignored))
             .values(status=InboxStatus.IGNORED, applied_at=now, next_attempt_at=None)
         )
 
@@ -193,12 +200,13 @@ def newest_of_org_connection(
 
 def newest_id(session: Session) -> int | None:
     """The id of the newest inbox row (new rows mean deliveries are arriving)."""
-    return session.scalar(select(func.max(InboxEvent.id)))
+    newest: int | None = session.scalar(select(func.max(INBOX.c.id)))
+    return newest
 
 
 def any_due(session: Session, now: datetime) -> bool:
     """Whether anything waits to be applied (a read: the applier's cheap idle check)."""
     return any(
-        session.scalar(select(InboxEvent.id).where(condition).limit(1)) is not None
+        session.scalar(select(INBOX.c.id).where(condition).limit(1)) is not None
         for condition in _due(now)
     )
