@@ -189,6 +189,11 @@ def test_scanner_keeps_only_what_is_asked_for() -> None:
         (b'{"resourceType":"Patient","id":"p","t":"\\u0022:"}', [], []),
         (b'{"resourceType" :"Patient", "id" : "p", "id" :"p2"}', ["id"], ["id"]),
         (b'{"resourceType":"Patient","id":"p","s":"a\\": b"}', [], []),
+        # Re-encodes to itself (no search of the line): the same key in sibling objects.
+        (b'{"resourceType":"Patient","id":"p","a":[{"x":1},{"x":{"x":2}}]}', [], []),
+        # Does not re-encode to itself (1.50 becomes 1.5): the count decides.
+        (b'{"resourceType":"Patient","id":"p","v":1.50,"a":{"x":1,"x":2}}', ["x"], []),
+        (b'{"resourceType":"Patient","id":"p","v":1.50,"a":{"x":1,"y":2}}', [], []),
     ],
 )
 def test_duplicate_keys_are_found_exactly(
