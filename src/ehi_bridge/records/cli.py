@@ -87,7 +87,7 @@ def import_command(
     from ehi_bridge.config import Settings
     from ehi_bridge.connections.repository import ensure_manual_connection
     from ehi_bridge.db.engine import Database
-    from ehi_bridge.db.migrate import ensure_schema
+    from ehi_bridge.db.revision import schema_is_current
     from ehi_bridge.logging import configure_logging
     from ehi_bridge.records.ingest import ingest_file, keep_parser_ready, stop_ready_parser
 
@@ -96,8 +96,11 @@ def import_command(
     settings = Settings()
     configure_logging(quiet_log_level(settings), settings.log_json)  # logs go to stderr
     url = settings.resolved_database_url
-    ensure_schema(url)
     db = Database(url)
+    if not schema_is_current(db.engine):  # Alembic (~80 ms to import) only when needed
+        from ehi_bridge.db.migrate import ensure_schema
+
+        ensure_schema(url)
     console = Console(stderr=True)
     try:
         with db.session() as session:
