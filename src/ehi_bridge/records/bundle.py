@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Final
 
+import msgspec
 import orjson
 
 from ehi_bridge.records.jsonscan import ScanError, Scanner
@@ -44,6 +45,31 @@ class BundleFacts:
     facts: dict[str, Any] = field(default_factory=dict)
     resource_type: str | None = None
     error: tuple[int, str] | None = None  # (entry position, reason) if the walk failed
+
+
+class _Entry(msgspec.Struct):
+    """An entry as msgspec decodes it in a run (see :mod:`jsonscan`): ``resource`` is its
+    exact bytes (empty if the entry has none); other keys are skipped."""
+
+    resource: msgspec.Raw = msgspec.Raw()
+    fullUrl: Any = None  # the FHIR key
+    search: Any = None
+
+
+_ENTRY_RUN: Final = msgspec.json.Decoder(list[_Entry])
+
+
+def _decoded(entry: _Entry, position: int) -> BundleEntry:
+    """What :func:`_entry` gives for the same bytes (a repeated key: its last value)."""
+    raw = bytes(entry.resource)
+    search = entry.search
+    mode = search.get("mode") if isinstance(search, dict) else None
+    return BundleEntry(
+        position,
+        raw or None,
+        full_url=entry.fullUrl if isinstance(entry.fullUrl, str) else None,
+        search_mode=mode if isinstance(mode, str) else None,
+    )
 
 
 def _small(scanner: Scanner) -> Any:
@@ -92,12 +118,14 @@ def iter_entries(stream: IO[bytes], facts: BundleFacts) -> Iterator[BundleEntry]
             key = scanner.read_key()
             if key == "entry" and scanner.peek() == ord("["):
                 scanner.expect(b"[")
-                if not scanner.accept(b"]"):
-                    while True:
+                for run in scanner.elements(_ENTRY_RUN):
+                    if run is None:
                         position += 1
                         yield _entry(scanner, position)
-                        if not scanner.after_member(b"]"):
-                            break
+                        continue
+                    for decoded in run:
+                        position += 1
+                        yield _decoded(decoded, position)
             elif key == "resourceType":
                 value = _small(scanner)
                 facts.resource_type = value if isinstance(value, str) else None

@@ -33,10 +33,7 @@ import builtins
 import contextlib
 import fcntl
 import marshal
-import os
 import queue
-import subprocess
-import sys
 import threading
 import time
 from collections import deque
@@ -51,24 +48,46 @@ from sqlalchemy import RootTransaction
 from ehi_bridge.db.base import utcnow
 from ehi_bridge.db.engine import Database
 from ehi_bridge.records.parse_worker import FRAME_HEADER, write_frame
+from ehi_bridge.records.parser_process import (
+    BATCH_BYTES,
+    BATCH_ROWS,
+    CHUNK_BYTES,
+    CHUNK_ROWS,
+    QUARANTINE_BYTES,
+    discard,
+    keep_parser_ready,
+    parser_arguments,
+    start_parsing,
+    stop_ready_parser,
+)
+from ehi_bridge.records.parser_process import ready_parser as _ready_parser
 from ehi_bridge.records.quarantine import Issue, Rejected, add_rows, finish_run, start_run
 from ehi_bridge.records.report import IngestReport, reconcile, summarise
 from ehi_bridge.records.seen import Key
 from ehi_bridge.records.writer import ResourceWriter
 
+__all__ = [
+    "BATCH_BYTES",
+    "BATCH_ROWS",
+    "CHUNK_BYTES",
+    "CHUNK_ROWS",
+    "QUARANTINE_BYTES",
+    "ParserProcessError",
+    "Record",
+    "ingest_file",
+    "keep_parser_ready",
+    "start_parsing",
+    "stop_ready_parser",
+]
+
 log = structlog.get_logger(__name__)
 
-BATCH_ROWS: Final = 5000  # rows per transaction
-BATCH_BYTES: Final = 8 * 1024 * 1024  # or resource bytes per transaction
-CHUNK_ROWS: Final = 500  # rows per hand-over from the parser process
-CHUNK_BYTES: Final = 512 * 1024  # or resource bytes per hand-over
 PIPE_BYTES: Final = 1024 * 1024
 PREFETCH_FRAMES: Final = 4  # decoded chunks in this process: 3 waiting + 1 being written
 PREFETCH_BYTES: Final = 4 * 1024 * 1024  # or their frame bytes (one larger frame alone)
 # PostgreSQL writes whole batches: let the next batch arrive while one is being written.
 PG_PREFETCH_FRAMES: Final = 64
 PG_PREFETCH_BYTES: Final = 2 * BATCH_BYTES
-QUARANTINE_BYTES: Final = 1024 * 1024  # default cut of a rejected line kept in quarantine
 
 
 _malloc_tuned = False
@@ -102,90 +121,6 @@ class ParserProcessError(RuntimeError):
     """The parser process failed or ended without finishing the file."""
 
 
-def _package_root() -> str:
-    import ehi_bridge
-
-    return str(Path(ehi_bridge.__file__).resolve().parents[1])
-
-
-def _start_parser() -> subprocess.Popen[bytes]:
-    """A parser interpreter that boots and then waits for its arguments on stdin."""
-    env = dict(os.environ)
-    root = _package_root()
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    return subprocess.Popen(
-        [sys.executable, "-m", "ehi_bridge.records.parse_worker", "--wait"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=env,
-        close_fds=True,
-        # Its own session: a terminal's Ctrl-C (sent to the whole foreground group) stops
-        # only the parent, which ends this process; a parser still importing would otherwise
-        # print a KeyboardInterrupt traceback.
-        start_new_session=True,
-    )
-
-
-class _ReadyParser:
-    """At most one parser booted ahead of need, once :func:`keep_parser_ready` was called
-    (by the service, whose ingests then skip the ~40 ms an interpreter takes to start).
-    A waiting parser exits when this process does (its stdin reaches end of input)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ready: subprocess.Popen[bytes] | None = None
-        self._keep = False
-
-    def keep(self) -> None:
-        with self._lock:
-            self._keep = True
-            if self._ready is None or self._ready.poll() is not None:
-                self._ready = _start_parser()
-
-    def take(self) -> subprocess.Popen[bytes]:
-        with self._lock:
-            ready, self._ready = self._ready, None
-        if ready is None or ready.poll() is not None:
-            if ready is not None:
-                ready.wait()
-            ready = _start_parser()
-        return ready
-
-    def replenish(self) -> None:
-        """After an ingest (not during it: booting takes CPU from the ingest)."""
-        with self._lock:
-            if self._keep and self._ready is None:
-                self._ready = _start_parser()
-
-    def stop(self) -> None:
-        with self._lock:
-            ready, self._ready, self._keep = self._ready, None, False
-        if ready is not None:
-            _discard(ready)
-
-
-def _discard(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-    for stream in (proc.stdin, proc.stdout):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.close()
-
-
-_ready_parser = _ReadyParser()
-
-
-def keep_parser_ready() -> None:
-    """Keep one parser process booted and waiting for the next ingest (the service)."""
-    _ready_parser.keep()
-
-
-def stop_ready_parser() -> None:
-    _ready_parser.stop()
-
-
 class _ParserProcess:
     """``python -m ehi_bridge.records.parse_worker`` on one file, read frame by frame.
 
@@ -207,15 +142,19 @@ class _ParserProcess:
     ) -> None:
         self._prefetch_frames = prefetch_frames
         self._prefetch_bytes = prefetch_bytes
-        self._proc = _ready_parser.take()
-        assert self._proc.stdin is not None
-        arguments = (str(path), batch_rows, BATCH_BYTES, CHUNK_ROWS, CHUNK_BYTES, quarantine_bytes)
-        try:
-            write_frame(self._proc.stdin, arguments)
-            self._proc.stdin.close()
-        except OSError as exc:
-            _discard(self._proc)
-            raise ParserProcessError("ingest parser process did not start") from exc
+        arguments = parser_arguments(path, batch_rows, quarantine_bytes)
+        started = _ready_parser.take_started(arguments)
+        if started is not None:  # already parsing this file (ehi-bridge import)
+            self._proc = started
+        else:
+            self._proc = _ready_parser.take()
+            assert self._proc.stdin is not None
+            try:
+                write_frame(self._proc.stdin, arguments)
+                self._proc.stdin.close()
+            except OSError as exc:
+                discard(self._proc)
+                raise ParserProcessError("ingest parser process did not start") from exc
         assert self._proc.stdout is not None
         self._out: IO[bytes] = self._proc.stdout
         # Linux: room for a whole chunk, so the child rarely waits on us.
@@ -285,7 +224,7 @@ class _ParserProcess:
             self._proc.kill()
         self._proc.wait()
         self._reader.join()  # it has read up to the dead child's end of output
-        _discard(self._proc)
+        discard(self._proc)
         _ready_parser.replenish()
 
 

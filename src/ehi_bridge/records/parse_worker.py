@@ -22,9 +22,12 @@ Protocol, on stdout: frames of an 8-byte little-endian length and a :mod:`marsha
 - ``("x", kind, errno, strerror)``: parsing failed (``kind`` is the exception's class
   name; no message, which could quote content).
 
-Memory is bounded by one chunk (plus the longest line): a frame is written before the next
-chunk is built, and the write blocks while the reader is behind. The process ends when
-its stdout is closed (the reader went away) or it is killed.
+Frames go out through a thread of their own, up to ``AHEAD_BYTES`` ahead of the pipe: the
+parser keeps parsing while the reader is busy (an fsync, or ``ehi-bridge import`` still
+starting up: it starts this process on its file first). Memory is bounded by that much
+plus one chunk (plus the longest line): past it, handing over a frame blocks until the
+thread has written enough. The process ends when its stdout is closed (the reader went
+away) or it is killed.
 
 Started with ``--wait`` instead of arguments, it boots (imports) and then waits for them as
 one frame on stdin: the service keeps one such parser ready, so an ingest does not wait for
@@ -39,8 +42,9 @@ import marshal
 import os
 import struct
 import sys
-from collections import Counter
-from typing import IO, Any, Final
+import threading
+from collections import Counter, deque
+from typing import IO, Any, Final, Protocol
 
 from ehi_bridge.records.bundle import BundleFacts
 from ehi_bridge.records.ndjson import ParsedResource, ParseError, iter_records
@@ -50,9 +54,79 @@ FRAME_HEADER: Final = struct.Struct("<Q")
 MARSHAL_VERSION: Final = 4
 READ_BUFFER: Final = 1024 * 1024
 MAX_ERRORS_IN_REPORT: Final = 50
+AHEAD_BYTES: Final = 48 * 1024 * 1024  # frames parsed ahead of the pipe, at most
 
 
-def write_frame(out: IO[bytes], payload: Any) -> None:
+class Sink(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+    def flush(self) -> None: ...
+
+
+class AheadWriter:
+    """Writes frames to ``out`` on a thread, holding at most ``limit`` bytes not yet
+    written (a single larger frame alone). A failed write (``BrokenPipeError``: the reader
+    went away) is raised on the next :meth:`flush` or :meth:`close`."""
+
+    def __init__(self, out: IO[bytes], limit: int = AHEAD_BYTES) -> None:
+        self._out = out
+        self._limit = limit
+        self._parts: list[bytes] = []
+        self._queue: deque[bytes | None] = deque()
+        self._held = 0
+        self._cond = threading.Condition()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="frames-out", daemon=True)
+        self._thread.start()
+
+    def write(self, data: bytes, /) -> int:
+        self._parts.append(data)
+        return len(data)
+
+    def flush(self) -> None:
+        """Hand what was written since the last flush to the thread."""
+        data = b"".join(self._parts)
+        self._parts.clear()
+        with self._cond:
+            while self._held and self._held + len(data) > self._limit and not self._failure:
+                self._cond.wait()
+            if self._failure is not None:
+                raise self._failure
+            self._queue.append(data)
+            self._held += len(data)
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue:
+                    self._cond.wait()
+                data = self._queue.popleft()
+            if data is None:
+                return
+            try:
+                self._out.write(data)
+                self._out.flush()
+            except BaseException as exc:  # raised in the parsing thread
+                with self._cond:
+                    self._failure = exc
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._held -= len(data)
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """Wait until everything handed over is written (or writing failed)."""
+        with self._cond:
+            self._queue.append(None)
+            self._cond.notify_all()
+        self._thread.join()
+        if self._failure is not None:
+            raise self._failure
+
+
+def write_frame(out: Sink, payload: Any) -> None:
     blob = marshal.dumps(payload, MARSHAL_VERSION)
     out.write(FRAME_HEADER.pack(len(blob)))
     out.write(blob)
@@ -74,7 +148,7 @@ def peak_rss_kib() -> int:
 
 def parse_file(
     path: str,
-    out: IO[bytes],
+    out: Sink,
     *,
     batch_rows: int,
     batch_bytes: int,
@@ -222,7 +296,7 @@ def main(argv: list[str]) -> int:
     # collector's default thresholds would scan them every few hundred lines for nothing.
     gc.freeze()
     gc.set_threshold(100_000, 50, 50)
-    out = os.fdopen(sys.stdout.fileno(), "wb", buffering=64 * 1024, closefd=False)
+    out = AheadWriter(os.fdopen(sys.stdout.fileno(), "wb", buffering=64 * 1024, closefd=False))
     try:
         parse_file(
             path,
@@ -233,13 +307,15 @@ def main(argv: list[str]) -> int:
             chunk_bytes=int(chunk_bytes),
             quarantine_bytes=int(quarantine_bytes),
         )
+        out.close()
     except BrokenPipeError:
         return 1  # the reader went away (an error or cancellation on its side)
     except Exception as exc:
         errno = exc.errno if isinstance(exc, OSError) else None
         strerror = exc.strerror if isinstance(exc, OSError) else None
-        with contextlib.suppress(BrokenPipeError):
+        with contextlib.suppress(OSError):  # the reader went away, or writing failed
             write_frame(out, ("x", type(exc).__name__, errno, strerror))
+            out.close()
         return 1
     return 0
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from ehi_bridge.records.bundle import BundleFacts, iter_entries
-from ehi_bridge.records.jsonscan import Scanner
+from ehi_bridge.records.jsonscan import RAW_ELEMENTS, Scanner
 from ehi_bridge.records.ndjson import (
     ParsedResource,
     ParseError,
@@ -189,6 +189,11 @@ def test_scanner_keeps_only_what_is_asked_for() -> None:
         (b'{"resourceType":"Patient","id":"p","t":"\\u0022:"}', [], []),
         (b'{"resourceType" :"Patient", "id" : "p", "id" :"p2"}', ["id"], ["id"]),
         (b'{"resourceType":"Patient","id":"p","s":"a\\": b"}', [], []),
+        # Re-encodes to itself (no search of the line): the same key in sibling objects.
+        (b'{"resourceType":"Patient","id":"p","a":[{"x":1},{"x":{"x":2}}]}', [], []),
+        # Does not re-encode to itself (1.50 becomes 1.5): the count decides.
+        (b'{"resourceType":"Patient","id":"p","v":1.50,"a":{"x":1,"x":2}}', ["x"], []),
+        (b'{"resourceType":"Patient","id":"p","v":1.50,"a":{"x":1,"y":2}}', [], []),
     ],
 )
 def test_duplicate_keys_are_found_exactly(
@@ -272,3 +277,95 @@ def test_bundle_memory_is_bounded_by_the_largest_entry(tmp_path: Path) -> None:
     assert count == len(lines) + 1
     print(f"bundle scan peak {peak / 1e6:.1f} MB for a {size / 1e6:.0f} MB file")
     assert peak < 4 * len(binary) and peak < size / 2
+
+
+def _entries_and_facts(data: bytes) -> tuple[list[tuple[object, ...]], tuple[object, ...]]:
+    facts = BundleFacts()
+    entries = [
+        (e.position, e.raw, e.full_url, e.search_mode, e.is_object)
+        for e in iter_entries(io.BytesIO(data), facts)
+    ]
+    return entries, (facts.facts, facts.resource_type, facts.error, detect_format(data))
+
+
+def _tricky_entries() -> list[bytes]:
+    """Entries that a run of msgspec must not get wrong: a boundary signature inside a
+    string and inside a nested array, entries that are not objects or lack a resource,
+    invalid JSON, invalid UTF-8, a repeated resource key, odd fullUrl/search values."""
+    good = [
+        b'{"fullUrl":"urn:%d","resource":%s,"search":{"mode":"match"}}' % (n, line)
+        for n, line in enumerate(_synthea_lines())
+    ]
+    odd = [
+        b'{"fullUrl":"x","resource":{"resourceType":"Basic","id":"s","t":"},{\\"fullUrl\\":1"}}',
+        b'{"fullUrl":"x","resource":{"resourceType":"Basic","id":"n","a":[{"b":1},{"fullUrl":"z"}]}}',
+        b"5",
+        b'{"fullUrl":"x"}',
+        b'{"fullUrl":"x","resource":{"resourceType":"Basic","id":"bad",}}',
+        b'{"fullUrl":"x","resource":{"id":"a"},"resource":{"resourceType":"Basic","id":"d"}}',
+        b'{"fullUrl":"x","resource":{"resourceType":"Basic","id":"u","v":"\xff"}}',
+        b'{"fullUrl":3,"search":[1],"resource":null}',
+        b'{ "fullUrl" : "sp" , "resource" : { "resourceType" : "Basic" , "id" : "sp" } }',
+    ]
+    out: list[bytes] = []
+    for n, entry in enumerate(good):
+        out.append(entry)
+        if n % 7 == 3:
+            out.append(odd[(n // 7) % len(odd)])
+    return out
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["compact", "pretty", "first", "truncated", "trailing", "large-entry", "tricky"],
+)
+def test_entries_decoded_by_runs_equal_the_walk(
+    shape: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path (runs of entries decoded by msgspec) gives exactly what walking each
+    entry gives: the same bytes, metadata, positions, facts and errors."""
+    lines = _synthea_lines()
+    entries = [b'{"fullUrl":"urn:%d","resource":%s}' % (n, line) for n, line in enumerate(lines)]
+    if shape == "pretty":
+        docs = [json.loads(line) for line in lines]
+        bundle = {"type": "searchset", "entry": [{"fullUrl": "u", "resource": d} for d in docs]}
+        data = json.dumps({**bundle, "resourceType": "Bundle"}, indent=2).encode()
+    elif shape == "first":
+        data = b'{"resourceType":"Bundle","entry":[' + b",".join(entries) + b"]}"
+    elif shape == "truncated":
+        data = b'{"type":"searchset","entry":[' + b",".join(entries)
+    elif shape == "trailing":
+        data = b'{"entry":[' + b",".join(entries) + b'],"resourceType":"Bundle"} {}'
+    elif shape == "large-entry":
+        big = b'{"resource":{"resourceType":"Binary","id":"b","data":"' + b"A" * 1_500_000 + b'"}}'
+        data = b'{"entry":[' + b",".join([*entries[:50], big, *entries[50:]]) + b"],"
+        data += b'"resourceType":"Bundle"}'
+    elif shape == "tricky":
+        data = b'{"type":"searchset","entry":[' + b",".join(_tricky_entries())
+        data += b'],"resourceType":"Bundle","total":3}'
+    else:
+        data = b'{"type":"searchset","entry":[' + b",".join(entries) + b'],"resourceType":"Bundle"}'
+    fast = _entries_and_facts(data)
+    monkeypatch.setattr(Scanner, "_decode_run", lambda self, decoder, signature: None)
+    assert fast == _entries_and_facts(data)
+
+
+def test_runs_of_entries_are_decoded_at_once() -> None:
+    """Past the first two entries, a Synthea searchset is not walked entry by entry."""
+    entries = [
+        b'{"fullUrl":"urn:%d","resource":%s}' % (n, r) for n, r in enumerate(_synthea_lines())
+    ]
+    data = b'{"entry":[' + b",".join(entries) + b'],"resourceType":"Bundle"}'
+    scanner = Scanner(io.BytesIO(data))
+    scanner.expect(b"{")
+    assert scanner.read_key() == "entry"
+    scanner.expect(b"[")
+    decoded = walked = 0
+    for run in scanner.elements(RAW_ELEMENTS):
+        if run is None:
+            scanner.skip_value()
+            walked += 1
+        else:
+            decoded += len(run)
+    assert decoded + walked == len(entries)
+    assert walked <= 2  # the first entry (no signature yet) and the last (nothing after it)
