@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +16,16 @@ from ehi_bridge.db.urls import is_sqlite, normalize_url
 from ehi_bridge.db.wal import WalFile
 from ehi_bridge.db.write_gate import WriteGate
 
-__all__ = ["Database", "is_sqlite", "make_engine", "normalize_url", "sqlite_wal_database"]
+__all__ = [
+    "WRITE_GATE_SECONDS",
+    "Database",
+    "is_sqlite",
+    "make_engine",
+    "normalize_url",
+    "sqlite_wal_database",
+]
+
+WRITE_GATE_SECONDS = "write_gate_seconds"
 
 
 def sqlite_wal_database(dbapi_connection: Any) -> str | None:
@@ -132,7 +142,8 @@ class Database:
 
         On SQLite it commits with ``synchronous=NORMAL`` inside the gate and the WAL is
         fdatasync'd after the gate is released: the writers queued behind it wait for the
-        transaction, not for the disk. It still returns only once the commit is on disk.
+        transaction, not for the disk. It still returns only once the commit is on disk. How
+        long the gate was held is left in ``session.info[WRITE_GATE_SECONDS]``.
         """
         if self._gate is None or self._wal is None:
             with self.session() as session:
@@ -142,8 +153,11 @@ class Database:
             self._hot_engine = make_engine(self.url, pool_size=1, max_overflow=2)
             event.listen(self._hot_engine, "connect", _sqlite_commit_without_sync)
             self._hot_sessions = sessionmaker(self._hot_engine, expire_on_commit=False)
-        with self._gate.hold(), self._hot_sessions.begin() as session:
-            yield session
+        with self._gate.hold():
+            held_from = time.perf_counter()
+            with self._hot_sessions.begin() as session:
+                yield session
+        session.info[WRITE_GATE_SECONDS] = time.perf_counter() - held_from
         self._wal.sync()
 
     @contextmanager

@@ -41,7 +41,7 @@ from ehi_bridge.connections.state import (
     on_export_activity,
 )
 from ehi_bridge.db.base import utcnow
-from ehi_bridge.db.engine import Database
+from ehi_bridge.db.engine import WRITE_GATE_SECONDS, Database
 from ehi_bridge.exports import repository as exports_repo
 from ehi_bridge.exports.models import Export
 from ehi_bridge.exports.state import ExportEvent, ExportStatus
@@ -97,7 +97,8 @@ class BatchResult:
     ignored: list[int] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     follow_ups: list[outbox_repo.FollowUp] = field(default_factory=list)
-    # From taking the write gate to the commit: how long the receiver's commits waited.
+    # How long the write transaction held the receiver's commits back: SQLite's write gate
+    # from taking it to the commit (elsewhere the whole call).
     transaction_seconds: float = 0.0
 
     @property
@@ -211,11 +212,11 @@ def apply_batch(
             early = _prepare(settings, inbox_repo.claim_due(session, now, limit), now)
         if not early.rows:
             return BatchResult()
+    started = time.perf_counter()
     with db.hot_write_session() as session:
-        held_from = time.perf_counter()
         hold_deliveries(session)  # sinks may be slow: they are called after the gate
         result = _apply_claimed(session, settings, early, limit, now)
-        result.transaction_seconds = time.perf_counter() - held_from
+    result.transaction_seconds = session.info.get(WRITE_GATE_SECONDS, time.perf_counter() - started)
     deliver_held(session)
     return result
 

@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from ehi_bridge.background.executor_lock import ExecutorIdInUse, ExecutorLock
 from ehi_bridge.db import wal
-from ehi_bridge.db.engine import Database
+from ehi_bridge.db.engine import WRITE_GATE_SECONDS, Database
 from ehi_bridge.db.migrate import upgrade
 from ehi_bridge.db.write_gate import WriteGate
 
@@ -145,6 +145,7 @@ def test_a_hot_write_commits_inside_the_gate_and_syncs_the_wal_after_it(
         )
         assert not synced
     assert synced == [(wal_file, True)]
+    assert session.info[WRITE_GATE_SECONDS] > 0
     with sqlite_db.read_session() as session:
         assert session.execute(text("SELECT value FROM instance_secrets")).scalars().all() == ["x"]
     # The ordinary sessions still commit with synchronous=FULL.
