@@ -11,7 +11,8 @@ For each backend and connection count it runs twice on a fresh database each, wi
 backlog of ``--backlog`` signed deliveries (default 50,000 ``patient.connection_success``
 of distinct connections, posted through ``serve --no-background`` by ``bench/backlog.py``):
 once ``serve --no-background`` (the backlog waits), once ``serve`` (background on, as the
-README starts it; the backlog drains during the wrk run). It prints both rows, the ratio of
+README starts it; the backlog drains during the wrk run, which starts a second after the
+child applied its first row). It prints both rows, the ratio of
 their throughputs and the drain rate: inbox rows that became ``applied``/``ignored``/
 ``parked`` during the wrk window, read from the database right before and after it.
 ``EHI_AUTO_REQUEST_EXPORT=false`` (applying, not exports). Targets (issue 9, c=32): >= 80 %
