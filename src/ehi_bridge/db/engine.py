@@ -26,6 +26,8 @@ __all__ = [
 ]
 
 WRITE_GATE_SECONDS = "write_gate_seconds"
+# A hot writer's WAL frames are checkpointed (outside the gate) every this many commits.
+HOT_CHECKPOINT_EVERY = 16
 
 
 def sqlite_wal_database(dbapi_connection: Any) -> str | None:
@@ -60,6 +62,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_commit_without_sync(dbapi_connection: Any, _record: Any) -> None:
     # After _sqlite_pragmas: this engine's commits are synced by Database.hot_write_session.
     dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+    # No checkpoint inside the commit, in the gate: hot_write_session runs them after it.
+    dbapi_connection.execute("PRAGMA wal_autocheckpoint=0")
 
 
 def _sqlite_begin(conn: Any) -> None:
@@ -117,9 +121,13 @@ class Database:
         self.read_sessions = sessionmaker(
             self.engine.execution_options(read_only=True), expire_on_commit=False
         )
-        self._hot_sessions: sessionmaker[Session] | None = None
-        self._hot_engine: Engine | None = None
-        self._wal = WalFile(self.sqlite_path) if self.sqlite_path else None
+        # SQLite on disk: the hot writers' own engine (it connects on first use) and WAL.
+        self._hot: tuple[Engine, WalFile] | None = None
+        if self.sqlite_path:
+            hot_engine = make_engine(self.url, pool_size=1, max_overflow=2)
+            event.listen(hot_engine, "connect", _sqlite_commit_without_sync)
+            self._hot = (hot_engine, WalFile(self.sqlite_path))
+        self._hot_commits = 0
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -145,20 +153,25 @@ class Database:
         transaction, not for the disk. It still returns only once the commit is on disk. How
         long the gate was held is left in ``session.info[WRITE_GATE_SECONDS]``.
         """
-        if self._gate is None or self._wal is None:
+        if self._gate is None or self._hot is None:
             with self.session() as session:
                 yield session
             return
-        if self._hot_sessions is None:
-            self._hot_engine = make_engine(self.url, pool_size=1, max_overflow=2)
-            event.listen(self._hot_engine, "connect", _sqlite_commit_without_sync)
-            self._hot_sessions = sessionmaker(self._hot_engine, expire_on_commit=False)
+        engine, wal = self._hot
         with self._gate.hold():
             held_from = time.perf_counter()
-            with self._hot_sessions.begin() as session:
+            with Session(engine, expire_on_commit=False) as session, session.begin():
                 yield session
         session.info[WRITE_GATE_SECONDS] = time.perf_counter() - held_from
-        self._wal.sync()
+        wal.sync()
+        self._hot_commits += 1
+        if self._hot_commits % HOT_CHECKPOINT_EVERY == 0:
+            # PASSIVE: copies the WAL back beside the other writers, never blocking them.
+            raw = engine.raw_connection()  # in autocommit: no transaction around it
+            try:
+                raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").close()
+            finally:
+                raw.close()
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:
@@ -168,7 +181,6 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-        if self._hot_engine is not None:
-            self._hot_engine.dispose()
-        if self._wal is not None:
-            self._wal.close()
+        if self._hot is not None:
+            self._hot[0].dispose()
+            self._hot[1].close()

@@ -16,7 +16,7 @@ from sqlalchemy import text
 
 from ehi_bridge.background.executor_lock import ExecutorIdInUse, ExecutorLock
 from ehi_bridge.db import wal
-from ehi_bridge.db.engine import WRITE_GATE_SECONDS, Database
+from ehi_bridge.db.engine import HOT_CHECKPOINT_EVERY, WRITE_GATE_SECONDS, Database
 from ehi_bridge.db.migrate import upgrade
 from ehi_bridge.db.write_gate import WriteGate
 
@@ -151,3 +151,21 @@ def test_a_hot_write_commits_inside_the_gate_and_syncs_the_wal_after_it(
     # The ordinary sessions still commit with synchronous=FULL.
     with sqlite_db.session() as session:
         assert session.execute(text("PRAGMA synchronous")).scalar() == 2
+
+
+def test_hot_writes_alone_keep_the_wal_checkpointed(sqlite_db: Database) -> None:
+    """Hot writers never checkpoint inside their commit (``wal_autocheckpoint=0``): they do
+    it after the gate. With no other writer, the WAL must still start over, not grow."""
+    blob = "x" * 8000
+    transactions = 40 * HOT_CHECKPOINT_EVERY
+    for n in range(transactions):
+        with sqlite_db.hot_write_session() as session:
+            session.execute(
+                text("INSERT INTO instance_secrets VALUES (:name, :value, '2026-12-04 00:00:00')"),
+                {"name": f"probe-{n}", "value": blob},
+            )
+    wal_path = Path(f"{sqlite_db.sqlite_path}-wal")
+    restarts = int.from_bytes(wal_path.read_bytes()[12:16], "big")
+    assert restarts >= 10
+    # Each commit appends at least two 4 KiB pages (the row overflows into one more).
+    assert wal_path.stat().st_size < transactions * 2 * 4096 / 4
