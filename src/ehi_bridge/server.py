@@ -12,6 +12,7 @@ from ehi_bridge.app import create_api
 from ehi_bridge.background.child import BackgroundChild
 from ehi_bridge.config import Settings
 from ehi_bridge.db.engine import Database
+from ehi_bridge.logging import configure_logging
 from ehi_bridge.ops.observe import WebhookObserver
 from ehi_bridge.runtime import Runtime
 from ehi_bridge.webhooks.endpoints import PATH_PREFIX, Receive, Scope, Send, WebhookReceiver
@@ -100,7 +101,6 @@ class Service:
 
 def web_only_app() -> Service:
     """Factory for ``serve --workers N --no-background``: one web process of several."""
-    from ehi_bridge.logging import configure_logging
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)

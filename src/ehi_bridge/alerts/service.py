@@ -40,6 +40,7 @@ from ehi_bridge.alerts.sinks import AlertMessage, AlertSink, sinks_from_settings
 from ehi_bridge.config import Settings
 from ehi_bridge.db.base import utcnow
 from ehi_bridge.db.engine import Database
+from ehi_bridge.ops.metrics import alerts_sent_total
 
 log = structlog.get_logger(__name__)
 
@@ -288,8 +289,6 @@ def _deliver(
 
 def _count_sent(kind: str) -> None:
     try:
-        from ehi_bridge.ops.metrics import alerts_sent_total
-
         alerts_sent_total.labels(kind=kind).inc()
     except Exception:  # pragma: no cover - metrics must never break alerting
         log.debug("alert metric not updated")

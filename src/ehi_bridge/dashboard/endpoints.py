@@ -14,8 +14,10 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
+from ehi_bridge.auth.connect_links import ConnectLinkError, make_connect_link
 from ehi_bridge.auth.service import (
     login_session_active,
     record_audit,
@@ -439,7 +441,6 @@ def _ids(form: FormData) -> list[int]:
 
 @router.post("/events/replay")
 async def events_replay(request: Request, ctx: CtxDep, user: CsrfUserDep) -> Response:
-    from starlette.concurrency import run_in_threadpool
 
     ids = _ids(await request.form())
     if not ids:
@@ -512,7 +513,6 @@ def connect_link_create(
     ttl_hours: Annotated[int, Form(ge=1, le=168)] = 24,
 ) -> Response:
     """A signed link for the patient ``external_id`` to open the connect page."""
-    from ehi_bridge.auth.connect_links import ConnectLinkError, make_connect_link
 
     link = error = None
     try:

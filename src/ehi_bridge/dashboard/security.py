@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import HTTPException, Request, Response
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -138,7 +139,6 @@ def unauthenticated(request: Request) -> HTTPException:
         target = request.url.path
         if request.url.query:
             target += "?" + request.url.query
-        from urllib.parse import quote
 
         return HTTPException(
             status_code=303, headers={"Location": f"/dashboard/login?next={quote(target)}"}

@@ -17,10 +17,12 @@ from ehi_bridge.dashboard.fhir_text import describe, human_name
 from ehi_bridge.db.base import utcnow
 from ehi_bridge.deps import AppContext
 from ehi_bridge.exports import repository as exports_repo
+from ehi_bridge.exports import service as exports_service
 from ehi_bridge.exports.models import Export
 from ehi_bridge.records import quarantine
 from ehi_bridge.records.models import IngestError, IngestRun
 from ehi_bridge.webhooks.models import InboxEvent
+from ehi_bridge.webhooks.service import replay_events
 
 DELIVERY_WINDOW = timedelta(hours=48)
 HISTOGRAM_WINDOW = timedelta(days=7)
@@ -288,14 +290,12 @@ class ActionError(Exception):
 
 
 def replay(ctx: AppContext, ids: Sequence[int]) -> int:
-    from ehi_bridge.webhooks.service import replay_events
 
     count = replay_events(ctx.db, list(ids))
     return count
 
 
 def request_export(ctx: AppContext, connection_id: str) -> Export:
-    from ehi_bridge.exports import service as exports_service
 
     try:
         export = exports_service.request_export(ctx.db, connection_id, trigger="manual")
@@ -324,7 +324,6 @@ def resync_source(ctx: AppContext, connection_id: str) -> int:
 
 
 def retry_export(ctx: AppContext, export_id: int) -> Export:
-    from ehi_bridge.exports import service as exports_service
 
     try:
         export = exports_service.retry_export(ctx.db, export_id)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import ctypes
 import fcntl
 import marshal
 import queue
@@ -103,8 +104,6 @@ def _return_large_blocks_to_the_os() -> None:
         return
     _malloc_tuned = True
     try:
-        import ctypes
-
         libc = ctypes.CDLL("libc.so.6")
         m_mmap_threshold = -3
         libc.mallopt(m_mmap_threshold, 1024 * 1024)

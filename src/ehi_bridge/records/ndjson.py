@@ -219,6 +219,7 @@ def _parse_large_line(raw: bytes, line_number: int) -> ParsedItem:
     would cost ~270 MB); this costs ~1x on top of the line itself. Duplicate keys are
     looked for at the top level only.
     """
+    # Deliberately lazy: only lines over 1 MiB need it, and every parser process starts here.
     import ijson
 
     doc: dict[str, Any] = {}

@@ -18,7 +18,7 @@ from datetime import datetime
 from itertools import chain
 from typing import Any, Final, cast
 
-from sqlalchemy import Connection, Table, func, select, text, tuple_
+from sqlalchemy import Column, Connection, MetaData, Table, func, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ehi_bridge.db.engine import sqlite_wal_database
@@ -136,7 +136,6 @@ class ResourceWriter:
         return str(compiled)
 
     def _pg_upsert_sql(self) -> str:
-        from sqlalchemy import Column, MetaData
 
         stage = Table(
             _STAGE_TABLE,
@@ -234,6 +233,7 @@ class ResourceWriter:
         if self.dialect == "sqlite":
             self.upsert(rows)
             return
+        # Deliberately lazy: importing psycopg costs ~0.1 s, on every SQLite import too.
         import psycopg
 
         dbapi = self.conn.connection.driver_connection

@@ -13,8 +13,10 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel
 
 from ehi_bridge.config import Mode
+from ehi_bridge.simulator.control import router as control_router
 from ehi_bridge.simulator.state import Simulator, SimulatorError
 from ehi_bridge.simulator.storage import signed_url
+from ehi_bridge.simulator.widget import register as register_widget
 
 
 class Unauthorized(Exception):
@@ -71,8 +73,6 @@ def _ok(data: dict[str, Any], status: int = 200) -> JSONResponse:
 
 
 def create_app(sim: Simulator) -> FastAPI:
-    from ehi_bridge.simulator.control import router as control_router
-    from ehi_bridge.simulator.widget import register as register_widget
 
     app = FastAPI(title="Fasten Connect simulator", docs_url=None, redoc_url=None)
     app.state.sim = sim

@@ -6,7 +6,7 @@ import base64
 import os
 from dataclasses import dataclass, field
 
-from ehi_bridge.config import MODES, Mode
+from ehi_bridge.config import MODES, Mode, Settings
 
 DEFAULT_BRANDS: tuple[tuple[str, str, str], ...] = (
     # (brand name, platform_type, slug used in ids)
@@ -137,7 +137,6 @@ class SimulatorConfig:
         **overrides: object,
     ) -> SimulatorConfig:
         """Keys and secrets from the service's own ``EHI_*`` settings (and ``.env``)."""
-        from ehi_bridge.config import Settings
 
         settings = Settings()
         urls = {"test": webhook_url_test, "live": webhook_url_live}

@@ -30,6 +30,7 @@ def run_migrations_online() -> None:
         return
     url = config.get_main_option("sqlalchemy.url")
     if not url:
+        # Deliberately lazy: the application's settings only when Alembic runs on its own.
         from ehi_bridge.config import Settings
 
         url = Settings().resolved_database_url
