@@ -98,9 +98,9 @@ class Settings(BaseSettings):
     """First delay between attempts; it doubles after each failure."""
     apply_batch_size: int = Field(default=256, ge=1, le=5000)
     """Most inbox events applied in one transaction (on SQLite the applier steers its batches
-    to keep each write transaction near 4 ms, up to this size)."""
+    to keep each write transaction near 8 ms, up to this size)."""
 
-    apply_share_while_receiving: float = Field(default=0.5, gt=0, le=1)
+    apply_share_while_receiving: float = Field(default=0.25, gt=0, le=1)
     """SQLite: while webhook deliveries arrive fast (over 500 a second), the applier holds the
     write lock at most this share of the time, pausing between batches: receiving comes
     first, the backlog still drains, at full speed again once the burst is over."""

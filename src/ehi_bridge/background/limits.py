@@ -24,7 +24,7 @@ def next_slot(now: float, next_free: float, interval: float) -> tuple[float, flo
 
 # An SQLite write transaction of the applier holds the webhook receiver's commits back for as
 # long as it lasts, so its batch size is steered to keep it about this short.
-APPLY_TRANSACTION_TARGET_SECONDS = 0.004
+APPLY_TRANSACTION_TARGET_SECONDS = 0.008
 MIN_APPLY_BATCH = 8
 # Deliveries arriving faster than this keep the receiver busy enough to be given way to.
 BUSY_RECEIVER_PER_SECOND = 500.0
