@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from ehi_bridge.connections.models import Connection
@@ -154,6 +153,16 @@ class LockedConnection:
     authorized_at: datetime | None
     revoked_at: datetime | None
     loaded: tuple[Any, ...] = field(default=(), repr=False, compare=False)
+    # A new connection (SQLite): the columns of its row besides these, to insert it with.
+    insert: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def to_insert(cls, row: dict[str, Any]) -> LockedConnection:
+        values: dict[str, Any] = {name: row.get(name) for name in _LOCKED_COLUMNS}
+        return cls(**values, insert=row)
+
+    def values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _LOCKED_COLUMNS}
 
     def changes(self) -> dict[str, Any]:
         return {
@@ -168,13 +177,21 @@ def lock_for_events(
 ) -> dict[str, LockedConnection]:
     """The connections a batch of events touches (org_connection_id → api mode), created
     ``pending`` where new, locked in one sorted order so two appliers sharing a backlog on
-    PostgreSQL queue behind each other instead of deadlocking."""
+    PostgreSQL queue behind each other instead of deadlocking.
+
+    On SQLite the transaction (``BEGIN IMMEDIATE``) already excludes every other writer, so
+    a connection not found now cannot appear before the commit: new ones are inserted once,
+    complete, by ``save_locked`` (inserting them ``pending`` first and updating them after
+    rewrote three indexed columns of every new row), and foreign keys are checked at the
+    commit meanwhile, since the batch may write a new connection's export first.
+    """
     if not org_connection_ids:
         return {}
     now = utcnow()
     ordered = sorted(org_connection_ids)
-    rows = [
-        {
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    new_rows = {
+        org_id: {
             "id": new_connection_id(),
             "org_connection_id": org_id,
             "api_mode": org_connection_ids[org_id],
@@ -184,12 +201,15 @@ def lock_for_events(
             "updated_at": now,
         }
         for org_id in ordered
-    ]
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    }
     table = CONNECTIONS
-    session.execute(
-        insert(table).on_conflict_do_nothing(index_elements=["org_connection_id"]), rows
-    )
+    if sqlite:
+        session.execute(text("PRAGMA defer_foreign_keys=ON"))
+    else:
+        session.execute(
+            pg_insert(table).on_conflict_do_nothing(index_elements=["org_connection_id"]),
+            list(new_rows.values()),
+        )
     found = session.execute(
         select(*(table.c[name] for name in _LOCKED_COLUMNS))
         .where(table.c.org_connection_id.in_(ordered))
@@ -202,20 +222,33 @@ def lock_for_events(
         connection.loaded = tuple(row)
         if connection.org_connection_id:
             locked[connection.org_connection_id] = connection
+    if sqlite:
+        for org_id in ordered:
+            if org_id not in locked:
+                locked[org_id] = LockedConnection.to_insert(new_rows[org_id])
     return locked
 
 
 def save_locked(session: Session, connections: Iterable[LockedConnection]) -> None:
-    """Write back what changed: one executemany per set of changed columns."""
+    """Write back what changed: new rows in one INSERT, then one executemany per set of
+    changed columns."""
+    inserts: list[dict[str, Any]] = []
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for connection in connections:
-        changes = connection.changes()
-        if changes:
+        if connection.insert is not None:
+            inserts.append({**connection.insert, **connection.values()})
+            connection.insert = None
+        else:
+            changes = connection.changes()
+            if not changes:
+                continue
             params = {"connection_id": connection.id}
             params.update((f"new_{name}", value) for name, value in changes.items())
             groups.setdefault(tuple(changes), []).append(params)
-            connection.loaded = tuple(getattr(connection, name) for name in _LOCKED_COLUMNS)
+        connection.loaded = tuple(connection.values().values())
     table = CONNECTIONS
+    if inserts:
+        session.execute(insert(table), inserts)
     for names, params_list in groups.items():
         statement = (
             update(table)
