@@ -236,41 +236,24 @@ def _apply_claimed(
     ctx = _Context(session, settings, {})
     conflicts: dict[int, str] = {}  # inbox id → connection whose owner it contradicts
     try:
-        with session.begin_nested():
-            ctx.connections = connections_repo.lock_for_events(session, _touched(parsed))
-            _load_exports(ctx, parsed)
-            for item in parsed:
-                _APPLIERS[item.row.event_type](ctx, item.row, item.data, item.at)
-            _write_requested_exports(ctx, index=False)
-            connections_repo.save_locked(session, ctx.connections.values())
+        _apply_in_savepoint(ctx, parsed)
         result.applied = [item.row.id for item in parsed]
     except Exception:
         # One row's write failed: redo each row alone to find it; the rest still apply.
-        session.expire_all()
-        ctx.follow_ups.clear()
-        ctx.exports_to_request.clear()
+        _forget_unsaved(ctx, 0)
         for item in parsed:
             mark = len(ctx.follow_ups)
             try:
-                with session.begin_nested():
-                    ctx.connections = connections_repo.lock_for_events(session, _touched([item]))
-                    _load_exports(ctx, [item])
-                    _APPLIERS[item.row.event_type](ctx, item.row, item.data, item.at)
-                    _write_requested_exports(ctx, index=False)
-                    connections_repo.save_locked(session, ctx.connections.values())
+                _apply_in_savepoint(ctx, [item])
                 result.applied.append(item.row.id)
             except OwnershipConflict as conflict:
-                del ctx.follow_ups[mark:]
-                ctx.exports_to_request.clear()
-                session.expire_all()
+                _forget_unsaved(ctx, mark)
                 result.failures.append(
                     Failure(item.row.id, item.row.attempts + 1, str(conflict), None)
                 )
                 conflicts[item.row.id] = conflict.connection_id
             except Exception as exc:
-                del ctx.follow_ups[mark:]
-                ctx.exports_to_request.clear()
-                session.expire_all()
+                _forget_unsaved(ctx, mark)
                 # Only our own words are stored: a driver's text could quote row values.
                 result.failures.append(_failure(settings, item.row, type(exc).__name__, now))
     inbox_repo.finish(session, applied=result.applied, ignored=result.ignored, now=now)
@@ -281,6 +264,24 @@ def _apply_claimed(
     outbox_repo.add(session, *ctx.follow_ups)
     result.follow_ups = ctx.follow_ups
     return result
+
+
+def _apply_in_savepoint(ctx: _Context, items: Sequence[_Parsed]) -> None:
+    """Apply ``items`` under a savepoint: all they write, or (raising) nothing."""
+    with ctx.session.begin_nested():
+        ctx.connections = connections_repo.lock_for_events(ctx.session, _touched(items))
+        _load_exports(ctx, items)
+        for item in items:
+            _APPLIERS[item.row.event_type](ctx, item.row, item.data, item.at)
+        _write_requested_exports(ctx, index=False)
+        connections_repo.save_locked(ctx.session, ctx.connections.values())
+
+
+def _forget_unsaved(ctx: _Context, follow_ups_kept: int) -> None:
+    """After a savepoint rolled back: drop what its appliers queued, and the ORM's view."""
+    del ctx.follow_ups[follow_ups_kept:]
+    ctx.exports_to_request.clear()
+    ctx.session.expire_all()
 
 
 @dataclass
