@@ -116,6 +116,14 @@ def exchange(
     return http.post(f"{origin}/{profile}/oauth/token", data=data, auth=auth)
 
 
+def refresh(
+    http: httpx.Client, origin: str, profile: str, refresh_token: str, client_id: str = "ehi-public"
+) -> httpx.Response:
+    """A public client's refresh-token grant."""
+    data = {"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": client_id}
+    return http.post(f"{origin}/{profile}/oauth/token", data=data)
+
+
 def login(
     http: httpx.Client, origin: str, profile: str, patient_id: str, scope: str = SCOPES
 ) -> dict[str, str]:

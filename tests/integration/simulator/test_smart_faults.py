@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from ehi_bridge.simulator.smart.server import SmartSandbox
-from tests.integration.simulator.smart_flow import login
+from tests.integration.simulator.smart_flow import login, refresh
 
 
 @pytest.fixture
@@ -60,14 +60,7 @@ def test_expire_tokens(http: httpx.Client, smart: SmartSandbox) -> None:
     expired = http.get(url, headers={"Authorization": s["bearer"]})
     assert expired.status_code == 401 and "invalid_token" in expired.headers["www-authenticate"]
     # The refresh token still works and gives a live access token.
-    fresh = http.post(
-        f"{smart.url}/generic/oauth/token",
-        data={
-            "grant_type": "refresh_token",
-            "refresh_token": s["refresh_token"],
-            "client_id": "ehi-public",
-        },
-    ).json()
+    fresh = refresh(http, smart.url, "generic", s["refresh_token"]).json()
     assert (
         http.get(url, headers={"Authorization": f"Bearer {fresh['access_token']}"}).status_code
         == 200
@@ -77,28 +70,13 @@ def test_expire_tokens(http: httpx.Client, smart: SmartSandbox) -> None:
 def test_invalid_grant_revokes_the_grant(http: httpx.Client, smart: SmartSandbox) -> None:
     s = _session(http, smart)
     _fault(http, smart, kind="invalid_grant")
-    token_url = f"{smart.url}/generic/oauth/token"
-    refused = http.post(
-        token_url,
-        data={
-            "grant_type": "refresh_token",
-            "refresh_token": s["refresh_token"],
-            "client_id": "ehi-public",
-        },
-    )
+    refused = refresh(http, smart.url, "generic", s["refresh_token"])
     assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
     url = f"{smart.fhir_base('generic')}/Patient/{s['patient']}"
     assert http.get(url, headers={"Authorization": s["bearer"]}).status_code == 401
     # A new authorization is unaffected (the fault answered once).
     other = _session(http, smart)
-    again = http.post(
-        token_url,
-        data={
-            "grant_type": "refresh_token",
-            "refresh_token": other["refresh_token"],
-            "client_id": "ehi-public",
-        },
-    )
+    again = refresh(http, smart.url, "generic", other["refresh_token"])
     assert again.status_code == 200
 
 

@@ -27,6 +27,7 @@ from tests.integration.simulator.smart_flow import (
     consent_page,
     exchange,
     login,
+    refresh,
 )
 from tests.support import free_port
 
@@ -339,22 +340,15 @@ def test_refresh_tokens_rotate(http: httpx.Client, smart: SmartSandbox) -> None:
     patient_id = _patient(http, smart)
     first = login(http, smart.url, "generic", patient_id)
     token_url = f"{smart.url}/generic/oauth/token"
-
-    def refresh(value: str) -> httpx.Response:
-        return http.post(
-            token_url,
-            data={"grant_type": "refresh_token", "refresh_token": value, "client_id": "ehi-public"},
-        )
-
-    second = refresh(first["refresh_token"])
+    second = refresh(http, smart.url, "generic", first["refresh_token"])
     assert second.status_code == 200
     body = second.json()
     assert body["refresh_token"] != first["refresh_token"]
     assert body["access_token"] != first["access_token"]
     assert body["patient"] == patient_id
-    old = refresh(first["refresh_token"])
+    old = refresh(http, smart.url, "generic", first["refresh_token"])
     assert old.status_code == 400 and old.json()["error"] == "invalid_grant"
-    assert refresh(body["refresh_token"]).status_code == 200
+    assert refresh(http, smart.url, "generic", body["refresh_token"]).status_code == 200
     # Another client cannot use it.
     third = login(http, smart.url, "generic", patient_id)
     other = http.post(
