@@ -258,8 +258,9 @@ def child(url: str, file: Path, batch_rows: int) -> None:
     from ehi_bridge.connections.repository import ensure_manual_connection
     from ehi_bridge.db.engine import Database
     from ehi_bridge.db.migrate import ensure_schema
-    from ehi_bridge.records.ingest import ingest_file, keep_parser_ready
+    from ehi_bridge.records.ingest import ingest_file
     from ehi_bridge.records.models import Resource
+    from ehi_bridge.records.parser_process import keep_parser_ready
 
     ensure_schema(url)
     db = Database(url)

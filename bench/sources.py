@@ -47,7 +47,7 @@ def child(sandbox_url: str, profile: str) -> dict[str, object]:
     from ehi_bridge.db.engine import Database
     from ehi_bridge.db.migrate import upgrade
     from ehi_bridge.exports.models import Export
-    from ehi_bridge.records.ingest import keep_parser_ready, stop_ready_parser
+    from ehi_bridge.records.parser_process import keep_parser_ready, stop_ready_parser
     from ehi_bridge.sources import service
     from ehi_bridge.sources.fetch import HostLimiter
 

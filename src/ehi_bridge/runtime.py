@@ -53,7 +53,7 @@ from ehi_bridge.exports.tasks import (
 )
 from ehi_bridge.outbox import repository as outbox_repo
 from ehi_bridge.outbox.models import OutboxKind
-from ehi_bridge.records.ingest import keep_parser_ready, stop_ready_parser
+from ehi_bridge.records.parser_process import keep_parser_ready, stop_ready_parser
 from ehi_bridge.sources import service as sources_service
 from ehi_bridge.sources.definitions import use_user_definitions
 from ehi_bridge.sources.fetch import HostLimiter

@@ -52,34 +52,15 @@ from ehi_bridge.records.parse_worker import FRAME_HEADER, write_frame
 from ehi_bridge.records.parser_process import (
     BATCH_BYTES,
     BATCH_ROWS,
-    CHUNK_BYTES,
-    CHUNK_ROWS,
     QUARANTINE_BYTES,
     discard,
-    keep_parser_ready,
     parser_arguments,
-    start_parsing,
-    stop_ready_parser,
 )
 from ehi_bridge.records.parser_process import ready_parser as _ready_parser
 from ehi_bridge.records.quarantine import Issue, Rejected, add_rows, finish_run, start_run
 from ehi_bridge.records.report import IngestReport, reconcile, summarise
 from ehi_bridge.records.seen import Key
 from ehi_bridge.records.writer import ResourceWriter
-
-__all__ = [
-    "BATCH_BYTES",
-    "BATCH_ROWS",
-    "CHUNK_BYTES",
-    "CHUNK_ROWS",
-    "QUARANTINE_BYTES",
-    "ParserProcessError",
-    "Record",
-    "ingest_file",
-    "keep_parser_ready",
-    "start_parsing",
-    "stop_ready_parser",
-]
 
 log = structlog.get_logger(__name__)
 

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from ehi_bridge.db.engine import Database
-from ehi_bridge.records import ingest
+from ehi_bridge.records import ingest, parser_process
 from ehi_bridge.records.ingest import ParserProcessError, ingest_file
 from ehi_bridge.records.writer import WalCheckpointer
 from tests.integration.records.helpers import (
@@ -122,8 +122,8 @@ def test_malformed_lines_beyond_the_first_chunks_keep_their_line_numbers(
 ) -> None:
     connection_id = new_connection(db)
     lines = scaled_lines(8)
-    assert len(lines) > 3 * ingest.CHUNK_ROWS
-    bad = {1, ingest.CHUNK_ROWS + 1, 2 * ingest.CHUNK_ROWS + 7, len(lines) + 4}
+    assert len(lines) > 3 * parser_process.CHUNK_ROWS
+    bad = {1, parser_process.CHUNK_ROWS + 1, 2 * parser_process.CHUNK_ROWS + 7, len(lines) + 4}
     out: list[bytes] = []
     source = iter(lines)
     for number in range(1, len(lines) + len(bad) + 1):
@@ -181,9 +181,9 @@ def test_wal_checkpointer_lets_the_wal_restart(
 def test_a_parser_kept_ready_is_used_by_the_next_ingest_then_replaced(
     db: Database, tmp_path: Path, parser_pids: list[int]
 ) -> None:
-    ingest.keep_parser_ready()
+    parser_process.keep_parser_ready()
     try:
-        ready = ingest._ready_parser._ready
+        ready = parser_process.ready_parser._ready
         assert ready is not None
         connection_id = new_connection(db)
         lines = scaled_lines(2)
@@ -196,11 +196,11 @@ def test_a_parser_kept_ready_is_used_by_the_next_ingest_then_replaced(
         assert report.complete and report.inserted == len(lines)
         assert parser_pids == [ready.pid]
         assert _gone(ready.pid)
-        replacement = ingest._ready_parser._ready
+        replacement = parser_process.ready_parser._ready
         assert replacement is not None and replacement.pid != ready.pid
         assert replacement.poll() is None
     finally:
-        ingest.stop_ready_parser()
+        parser_process.stop_ready_parser()
     assert _gone(replacement.pid)
 
 
@@ -214,9 +214,9 @@ def test_a_ready_parser_exits_when_the_service_that_started_it_dies(tmp_path: Pa
             sys.executable,
             "-c",
             "import sys, time\n"
-            "from ehi_bridge.records import ingest\n"
-            "ingest.keep_parser_ready()\n"
-            "print(ingest._ready_parser._ready.pid, flush=True)\n"
+            "from ehi_bridge.records import parser_process\n"
+            "parser_process.keep_parser_ready()\n"
+            "print(parser_process.ready_parser._ready.pid, flush=True)\n"
             "time.sleep(60)\n",
         ],
         stdout=subprocess.PIPE,

@@ -11,7 +11,7 @@ import pytest
 
 from ehi_bridge.config import Settings
 from ehi_bridge.db.engine import Database
-from ehi_bridge.records.ingest import keep_parser_ready, stop_ready_parser
+from ehi_bridge.records.parser_process import keep_parser_ready, stop_ready_parser
 from ehi_bridge.simulator.smart.server import SmartSandbox
 from ehi_bridge.sources import service
 from tests.smart_flow import consent
