@@ -15,7 +15,13 @@ class WalFile:
         self._fd: int | None = None
 
     def sync(self) -> None:
-        current = os.stat(self.path).st_ino
+        try:
+            current = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            # The last connection closed: SQLite deletes the WAL only after checkpointing every
+            # committed frame into the database file and syncing it. Nothing is left to sync.
+            self.close()
+            return
         if self._fd is not None and os.fstat(self._fd).st_ino != current:
             self.close()
         if self._fd is None:
