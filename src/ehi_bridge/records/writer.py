@@ -68,8 +68,12 @@ _PG_TYPES: Final = [
     "text",
 ]
 _STAGE_TABLE: Final = "ehi_ingest_stage"
-SQLITE_INGEST_CHECKPOINT: Final = 65536  # pages: 256 MiB of WAL at 4 KiB a page
-SQLITE_INGEST_CHECKPOINT_FROM: Final = 8192  # no background checkpoint below ~32 MiB
+# The WAL restarts once it holds this many frames (32 MiB at 4 KiB a page). A WAL that
+# keeps growing costs the kernel a fresh, zeroed block for every frame (frames are not
+# block-aligned) and page-cache pages; a small one is rewritten in place. On a 300k-resource
+# import, 256 MiB cost 3.4-6.4 s of system CPU and 32 MiB 2.9-3.5 s (docs/benchmarks.md).
+SQLITE_INGEST_CHECKPOINT: Final = 8192
+SQLITE_INGEST_CHECKPOINT_FROM: Final = 2048  # no background checkpoint below ~8 MiB
 SQLITE_INGEST_CACHE_KIB: Final = 16 * 1024  # page cache of the writing connection
 SQLITE_ROWS_PER_STATEMENT: Final = 64  # x 12 columns: well under SQLite's 32,766 variables
 
