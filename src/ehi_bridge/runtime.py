@@ -21,6 +21,9 @@ Three threads, none of which sleeps while holding anything:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import os
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -35,8 +38,8 @@ from ehi_bridge import __version__
 from ehi_bridge.background.context import BackgroundContext, install
 from ehi_bridge.background.executor_lock import ExecutorLock
 from ehi_bridge.background.limits import (
+    BatchSteering,
     StageLimits,
-    next_batch_size,
     receiving_fast,
     yield_to_receiver,
 )
@@ -65,6 +68,15 @@ log = structlog.get_logger(__name__)
 
 LAUNCH_BATCH = 200
 IDLE_POLL_SECONDS = 0.05
+APPLIER_THREAD_NAME = "ehi-applier"  # as ``top -H`` and /proc/<pid>/task/*/comm show it
+PR_SET_NAME = 15
+
+
+def _name_os_thread(name: str) -> None:
+    """Name the calling thread for the OS (Linux; elsewhere a no-op)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_NAME, name.encode()[:15])
+
 
 WORKFLOWS: dict[str, tuple[Callable[[Any], Coroutine[Any, Any, str]], Callable[[str], Any]]] = {
     OutboxKind.REQUEST_EXPORT: (request_export_workflow, int),
@@ -85,9 +97,15 @@ class Runtime:
     _wake_launcher: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
     lock_held_by_caller: bool = False
-    _batch: int = 0  # the applier's current batch size (SQLite steers it)
+    # Niceness of every thread but the applier's (``serve``'s child: the receiver comes
+    # first). The applier keeps the normal priority: it holds SQLite's write gate, and a
+    # holder that the scheduler puts behind other threads keeps the receiver waiting longer.
+    niceness: int = 0
+    _steering: BatchSteering | None = None  # the applier's batch size (SQLite steers it)
     # The newest inbox row the applier has seen, and when: how fast deliveries arrive.
     _newest_seen: tuple[int, float] = (0, 0.0)
+    # When the applier may take SQLite's write gate again while the receiver is busy.
+    _gate_turn_at: float = 0.0
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: ExecutorLock | None = None
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
@@ -109,15 +127,22 @@ class Runtime:
         use_user_definitions(self.settings.sources_definitions_file)
         hosts = HostLimiter(self.settings.source_max_in_flight_per_host)
         install(BackgroundContext(self.settings, self.db, limits, source_hosts=hosts))
+        self._start_thread("applier", self._apply_loop)
+        if self.niceness:
+            # Linux keeps a nice value per thread: this one's, inherited by every thread and
+            # process started from now on (DBOS's included), not the applier's.
+            os.nice(self.niceness)
         loop_thread = threading.Thread(target=self._loop.run_forever, name="workflows", daemon=True)
         loop_thread.start()
         self._in_loop(_launch_on_running_loop(self.settings))
         keep_parser_ready()
-        for name, target in (("applier", self._apply_loop), ("launcher", self._launch_loop)):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._start_thread("launcher", self._launch_loop)
         log.info("background runtime started", executor_id=self.settings.executor_id)
+
+    def _start_thread(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def stop(self) -> None:
         self._stop.set()
@@ -135,6 +160,7 @@ class Runtime:
     # --- applier ---------------------------------------------------------------------------
 
     def _apply_loop(self) -> None:
+        _name_os_thread(APPLIER_THREAD_NAME)
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             try:
@@ -153,20 +179,29 @@ class Runtime:
 
     def apply_once(self) -> bool:
         """Apply one batch; whether it was full (more may be waiting)."""
-        limit = self._batch or self.settings.apply_batch_size
-        result = apply_batch(self.db, self.settings, limit=limit)
+        maximum = self.settings.apply_batch_size
+        limit = self._steering.size if self._steering else maximum
+        result = apply_batch(self.db, self.settings, limit=limit, before_write=self._wait_turn)
         busy = result.transaction_seconds
-        if self.db.is_sqlite and result.claimed:
-            maximum = self.settings.apply_batch_size
-            self._batch = next_batch_size(limit, busy, result.claimed, maximum)
+        if self.db.is_sqlite:
+            steering = self._steering or BatchSteering(maximum)
+            self._steering = steering.after(busy, result.claimed, maximum)
         if result.follow_ups:
             self._wake_launcher.set()
         full = result.claimed >= limit
         # Only SQLite's write lock is shared with the receiver; on PostgreSQL the child's lower
         # CPU priority already lets the receiver go first (pausing there only cost drain).
-        if full and self.db.is_sqlite and self._receiver_busy():
-            self._stop.wait(yield_to_receiver(busy, self.settings.apply_share_while_receiving))
+        self._gate_turn_at = 0.0
+        if full and self.db.is_sqlite and result.gate_released_at and self._receiver_busy():
+            share = self.settings.apply_share_while_receiving
+            self._gate_turn_at = result.gate_released_at + yield_to_receiver(busy, share)
         return full
+
+    def _wait_turn(self) -> None:
+        """Right before the write gate: the rest of the pause owed to a busy receiver. What
+        the applier did since its last hold (the sync, reading and parsing the next batch)
+        counts towards the pause, so the gate is held ``share`` of the time, not less."""
+        self._stop.wait(max(0.0, self._gate_turn_at - time.perf_counter()))
 
     def _receiver_busy(self) -> bool:
         with self.db.read_session() as session:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psutil
 
+from ehi_bridge.runtime import APPLIER_THREAD_NAME
 from tests.e2e.conftest import ServerFactory
 from tests.support import ehi_command, free_port, running
 
@@ -104,3 +105,13 @@ def test_the_background_child_runs_niced_with_few_malloc_arenas(
         while child.nice() != 5 and time.monotonic() < deadline:  # it renices as it starts
             time.sleep(0.1)
         assert child.nice() == 5
+        # ... all but the applier, which holds SQLite's write gate and must not be
+        # scheduled behind other threads while the receiver waits for it.
+        names = {
+            thread.id: Path(f"/proc/{child.pid}/task/{thread.id}/comm").read_text().strip()
+            for thread in child.threads()
+        }
+        (applier,) = [tid for tid, name in names.items() if name == APPLIER_THREAD_NAME]
+        assert psutil.Process(applier).nice() == 0
+        others = [psutil.Process(tid).nice() for tid in names if tid not in (applier, child.pid)]
+        assert others and 5 in others

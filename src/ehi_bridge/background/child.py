@@ -134,12 +134,10 @@ def _die_with_parent(parent_pid: int) -> None:
 def main() -> None:
     settings = settings_from_payload(sys.stdin.buffer.readline())
     _die_with_parent(int(sys.argv[1]))
-    with contextlib.suppress(OSError):
-        os.nice(NICENESS)
     configure_logging(settings.log_level, settings.log_json)
     db = Database(settings.resolved_database_url)
     # The parent holds the executor lock for both processes.
-    runtime = Runtime(settings, db, lock_held_by_caller=True)
+    runtime = Runtime(settings, db, lock_held_by_caller=True, niceness=NICENESS)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us

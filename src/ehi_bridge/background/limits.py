@@ -41,13 +41,32 @@ def yield_to_receiver(busy_seconds: float, share: float) -> float:
     return busy_seconds * (1 - share) / share
 
 
-def next_batch_size(current: int, elapsed: float, claimed: int, maximum: int) -> int:
-    """Halve a batch that took too long; grow a full one that was quick (pure)."""
-    if elapsed > APPLY_TRANSACTION_TARGET_SECONDS:
-        return max(MIN_APPLY_BATCH, current // 2)
-    if claimed >= current:
-        return min(maximum, current + max(1, current // 4))
-    return current
+# Weight of the newest batch in the applier's running estimate of its write time per event.
+PER_EVENT_SMOOTHING = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSteering:
+    """The applier's batch size on SQLite, steered so a batch holds the write gate about
+    :data:`APPLY_TRANSACTION_TARGET_SECONDS`: target over a smoothed write time per event
+    (pure). Smoothed, because one hold stretched by the scheduler (the machine is shared
+    with the receiver) must not halve the batch: small batches pay the per-transaction cost
+    on fewer events, and take more of the gate for the same drain."""
+
+    size: int
+    per_event: float = 0.0  # seconds of write time per event, 0 before the first batch
+
+    def after(self, elapsed: float, claimed: int, maximum: int) -> BatchSteering:
+        if claimed <= 0:
+            return self
+        sample = elapsed / claimed
+        per_event = (
+            sample
+            if self.per_event <= 0
+            else self.per_event + PER_EVENT_SMOOTHING * (sample - self.per_event)
+        )
+        size = int(APPLY_TRANSACTION_TARGET_SECONDS / per_event) if per_event > 0 else maximum
+        return BatchSteering(max(MIN_APPLY_BATCH, min(maximum, size)), per_event)
 
 
 @dataclass

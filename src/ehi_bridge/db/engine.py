@@ -17,6 +17,7 @@ from ehi_bridge.db.wal import WalFile
 from ehi_bridge.db.write_gate import WriteGate
 
 __all__ = [
+    "WRITE_GATE_RELEASED_AT",
     "WRITE_GATE_SECONDS",
     "Database",
     "is_sqlite",
@@ -26,6 +27,7 @@ __all__ = [
 ]
 
 WRITE_GATE_SECONDS = "write_gate_seconds"
+WRITE_GATE_RELEASED_AT = "write_gate_released_at"  # time.perf_counter() at its release
 # A hot writer's WAL frames are checkpointed (outside the gate) every this many commits.
 HOT_CHECKPOINT_EVERY = 16
 
@@ -151,7 +153,8 @@ class Database:
         On SQLite it commits with ``synchronous=NORMAL`` inside the gate and the WAL is
         fdatasync'd after the gate is released: the writers queued behind it wait for the
         transaction, not for the disk. It still returns only once the commit is on disk. How
-        long the gate was held is left in ``session.info[WRITE_GATE_SECONDS]``.
+        long the gate was held is left in ``session.info[WRITE_GATE_SECONDS]``, and when it
+        was released in ``session.info[WRITE_GATE_RELEASED_AT]``.
         """
         if self._gate is None or self._hot is None:
             with self.session() as session:
@@ -162,7 +165,9 @@ class Database:
             held_from = time.perf_counter()
             with Session(engine, expire_on_commit=False) as session, session.begin():
                 yield session
-        session.info[WRITE_GATE_SECONDS] = time.perf_counter() - held_from
+        released_at = time.perf_counter()
+        session.info[WRITE_GATE_SECONDS] = released_at - held_from
+        session.info[WRITE_GATE_RELEASED_AT] = released_at
         wal.sync()
         self._hot_commits += 1
         if self._hot_commits % HOT_CHECKPOINT_EVERY == 0:

@@ -41,7 +41,7 @@ from ehi_bridge.connections.state import (
     on_export_activity,
 )
 from ehi_bridge.db.base import utcnow
-from ehi_bridge.db.engine import WRITE_GATE_SECONDS, Database
+from ehi_bridge.db.engine import WRITE_GATE_RELEASED_AT, WRITE_GATE_SECONDS, Database
 from ehi_bridge.exports import repository as exports_repo
 from ehi_bridge.exports.models import Export
 from ehi_bridge.exports.state import ExportEvent, ExportStatus
@@ -100,6 +100,7 @@ class BatchResult:
     # How long the write transaction held the receiver's commits back: SQLite's write gate
     # from taking it to the commit (elsewhere the whole call).
     transaction_seconds: float = 0.0
+    gate_released_at: float | None = None  # SQLite: time.perf_counter() at the gate's release
 
     @property
     def parked(self) -> list[int]:
@@ -196,7 +197,12 @@ def parse(row: PendingEvent) -> _Parsed:
 
 
 def apply_batch(
-    db: Database, settings: Settings, *, limit: int = DEFAULT_BATCH, now: datetime | None = None
+    db: Database,
+    settings: Settings,
+    *,
+    limit: int = DEFAULT_BATCH,
+    now: datetime | None = None,
+    before_write: Callable[[], None] | None = None,
 ) -> BatchResult:
     """Apply up to ``limit`` due events in one transaction; what was done.
 
@@ -204,6 +210,7 @@ def apply_batch(
     (which excludes every other writer, the webhook receiver's included, for as long as it
     lasts) and only those still due when it begins are applied. On PostgreSQL they are
     claimed inside it (``SKIP LOCKED``), so concurrent appliers take different rows.
+    ``before_write`` is called right before the write transaction is asked for.
     """
     now = now or utcnow()
     early = None
@@ -212,11 +219,14 @@ def apply_batch(
             early = _prepare(settings, inbox_repo.claim_due(session, now, limit), now)
         if not early.rows:
             return BatchResult()
+    if before_write is not None:
+        before_write()
     started = time.perf_counter()
     with db.hot_write_session() as session:
         hold_deliveries(session)  # sinks may be slow: they are called after the gate
         result = _apply_claimed(session, settings, early, limit, now)
     result.transaction_seconds = session.info.get(WRITE_GATE_SECONDS, time.perf_counter() - started)
+    result.gate_released_at = session.info.get(WRITE_GATE_RELEASED_AT)
     deliver_held(session)
     return result
 

@@ -16,7 +16,12 @@ from sqlalchemy import text
 
 from ehi_bridge.background.executor_lock import ExecutorIdInUse, ExecutorLock
 from ehi_bridge.db import wal
-from ehi_bridge.db.engine import HOT_CHECKPOINT_EVERY, WRITE_GATE_SECONDS, Database
+from ehi_bridge.db.engine import (
+    HOT_CHECKPOINT_EVERY,
+    WRITE_GATE_RELEASED_AT,
+    WRITE_GATE_SECONDS,
+    Database,
+)
 from ehi_bridge.db.migrate import upgrade
 from ehi_bridge.db.write_gate import WriteGate
 
@@ -122,6 +127,7 @@ def test_a_hot_write_commits_inside_the_gate_and_syncs_the_wal_after_it(
     gate_file = f"{sqlite_db.sqlite_path}-writegate"
     wal_file = f"{sqlite_db.sqlite_path}-wal"
     synced: list[tuple[str, bool]] = []
+    synced_at: list[float] = []
     real_fdatasync = os.fdatasync
 
     def recording_fdatasync(fd: int) -> None:
@@ -135,6 +141,7 @@ def test_a_hot_write_commits_inside_the_gate_and_syncs_the_wal_after_it(
         finally:
             os.close(probe)
         synced.append((os.readlink(f"/proc/self/fd/{fd}"), gate_free))
+        synced_at.append(time.perf_counter())
 
     monkeypatch.setattr(wal.os, "fdatasync", recording_fdatasync)
     with sqlite_db.hot_write_session() as session:
@@ -146,6 +153,7 @@ def test_a_hot_write_commits_inside_the_gate_and_syncs_the_wal_after_it(
         assert not synced
     assert synced == [(wal_file, True)]
     assert session.info[WRITE_GATE_SECONDS] > 0
+    assert session.info[WRITE_GATE_RELEASED_AT] < synced_at[0]  # released, then synced
     with sqlite_db.read_session() as session:
         assert session.execute(text("SELECT value FROM instance_secrets")).scalars().all() == ["x"]
     # The ordinary sessions still commit with synchronous=FULL.

@@ -221,3 +221,19 @@ def test_any_order_and_batching_of_one_connections_events_ends_the_same(
             drain(db, SETTINGS, T0 + timedelta(hours=1), limit=1)
     drain(db, SETTINGS, T0 + timedelta(hours=1), limit=batch)
     assert _final_state(db, conn) == ("revoked", {"cancelled"})
+
+
+def test_before_write_runs_after_the_read_and_before_the_write_transaction(db: Database) -> None:
+    """The applier's pause for a busy receiver is taken right before the write (its read
+    and validation of the batch already done); the gate's release time is reported."""
+    store(db, [success(f"conn-{uuid.uuid4().hex[:8]}", T0) for _ in range(5)])
+    seen: list[dict[str, int]] = []
+    result = apply_batch(
+        db, SETTINGS, limit=10, now=T0, before_write=lambda: seen.append(statuses(db))
+    )
+    assert seen == [{"received": 5}]  # called once, nothing written yet
+    assert len(result.applied) == 5 and statuses(db) == {"applied": 5}
+    if db.is_sqlite:
+        assert result.gate_released_at is not None and result.transaction_seconds > 0
+    else:
+        assert result.gate_released_at is None  # no write gate on PostgreSQL

@@ -13,8 +13,8 @@ from ehi_bridge.background.limits import (
     APPLY_TRANSACTION_TARGET_SECONDS,
     BUSY_RECEIVER_PER_SECOND,
     MIN_APPLY_BATCH,
+    BatchSteering,
     Pace,
-    next_batch_size,
     next_slot,
     receiving_fast,
     yield_to_receiver,
@@ -56,14 +56,27 @@ def test_pace_of_zero_never_waits() -> None:
     assert pace._next_free == 0.0
 
 
-def test_batch_halves_when_slow_and_grows_when_full_and_quick() -> None:
-    slow = APPLY_TRANSACTION_TARGET_SECONDS * 2
-    quick = APPLY_TRANSACTION_TARGET_SECONDS / 2
-    assert next_batch_size(256, slow, claimed=256, maximum=256) == 128
-    assert next_batch_size(MIN_APPLY_BATCH, slow, claimed=8, maximum=256) == MIN_APPLY_BATCH
-    assert next_batch_size(64, quick, claimed=64, maximum=256) == 80
-    assert next_batch_size(250, quick, claimed=250, maximum=256) == 256
-    assert next_batch_size(64, quick, claimed=10, maximum=256) == 64  # backlog empty: keep
+def test_batch_size_settles_where_a_batch_holds_the_gate_for_the_target() -> None:
+    fixed, per_event = 0.0015, 0.00008  # per transaction, per event
+    steering = BatchSteering(MIN_APPLY_BATCH)
+    for _ in range(40):
+        steering = steering.after(fixed + per_event * steering.size, steering.size, 256)
+    settled = (APPLY_TRANSACTION_TARGET_SECONDS - fixed) / per_event  # 81 events
+    assert abs(steering.size - settled) <= 2
+
+
+def test_one_slow_batch_does_not_halve_the_batch() -> None:
+    steady = BatchSteering(64, per_event=APPLY_TRANSACTION_TARGET_SECONDS / 64)
+    after_slow = steady.after(APPLY_TRANSACTION_TARGET_SECONDS * 3, 64, 256)
+    assert 32 < after_slow.size < 64
+    assert steady.after(APPLY_TRANSACTION_TARGET_SECONDS, 64, 256).size == 64
+
+
+def test_batch_size_stays_within_bounds_and_an_empty_batch_changes_nothing() -> None:
+    assert BatchSteering(64).after(10.0, 8, 256).size == MIN_APPLY_BATCH
+    assert BatchSteering(64).after(0.000001, 64, 256).size == 256
+    steady = BatchSteering(64, per_event=0.0001)
+    assert steady.after(0.5, 0, 256) == steady
 
 
 def test_settings_reach_the_child_whole_secrets_included() -> None:
