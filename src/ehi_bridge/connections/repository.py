@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, text, update
+from sqlalchemy import Table, bindparam, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from ehi_bridge.connections.models import Connection
 from ehi_bridge.db.base import utcnow
+from ehi_bridge.db.bulk import insert_rows
 
 
 def new_connection_id() -> str:
@@ -172,6 +173,16 @@ class LockedConnection:
         }
 
 
+# Built once: the applier runs them for every batch, inside SQLite's write gate.
+_LOCK = (
+    select(*(CONNECTIONS.c[name] for name in _LOCKED_COLUMNS))
+    .where(CONNECTIONS.c.org_connection_id.in_(bindparam("org_ids", expanding=True)))
+    .order_by(CONNECTIONS.c.org_connection_id)
+    .with_for_update()
+)
+_INSERT_IF_NEW = pg_insert(CONNECTIONS).on_conflict_do_nothing(index_elements=["org_connection_id"])
+
+
 def lock_for_events(
     session: Session, org_connection_ids: dict[str, str]
 ) -> dict[str, LockedConnection]:
@@ -202,20 +213,11 @@ def lock_for_events(
         }
         for org_id in ordered
     }
-    table = CONNECTIONS
     if sqlite:
         session.execute(text("PRAGMA defer_foreign_keys=ON"))
     else:
-        session.execute(
-            pg_insert(table).on_conflict_do_nothing(index_elements=["org_connection_id"]),
-            list(new_rows.values()),
-        )
-    found = session.execute(
-        select(*(table.c[name] for name in _LOCKED_COLUMNS))
-        .where(table.c.org_connection_id.in_(ordered))
-        .order_by(table.c.org_connection_id)
-        .with_for_update()
-    )
+        session.execute(_INSERT_IF_NEW, list(new_rows.values()))
+    found = session.execute(_LOCK, {"org_ids": ordered})
     locked = {}
     for row in found:
         connection = LockedConnection(*row)
@@ -246,13 +248,11 @@ def save_locked(session: Session, connections: Iterable[LockedConnection]) -> No
             params.update((f"new_{name}", value) for name, value in changes.items())
             groups.setdefault(tuple(changes), []).append(params)
         connection.loaded = tuple(connection.values().values())
-    table = CONNECTIONS
-    if inserts:
-        session.execute(insert(table), inserts)
+    insert_rows(session.connection(), CONNECTIONS, inserts)
     for names, params_list in groups.items():
         statement = (
-            update(table)
-            .where(table.c.id == bindparam("connection_id"))
+            update(CONNECTIONS)
+            .where(CONNECTIONS.c.id == bindparam("connection_id"))
             .values({name: bindparam(f"new_{name}") for name in names})
         )
         session.execute(statement, params_list)

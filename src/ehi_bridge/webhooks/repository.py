@@ -7,7 +7,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import ColumnElement, Select, Table, func, or_, select, text, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Select,
+    Table,
+    bindparam,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from ehi_bridge.webhooks.models import HANDED_ON, InboxEvent, InboxStatus
@@ -51,12 +62,42 @@ _PENDING_COLUMNS = tuple(
 )
 
 
-def _due(now: datetime) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+def _due(
+    now: datetime | BindParameter[datetime],
+) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
     """What is due to apply: new rows, and retries whose time has come. Two conditions, each
     queried on its own, so each is answered from its index."""
     new = INBOX.c.status == InboxStatus.RECEIVED
     retry = (INBOX.c.status == InboxStatus.RETRY) & (INBOX.c.next_attempt_at <= now)
     return new, retry
+
+
+# Built once, with their ids and time as parameters: the applier runs them for every batch,
+# inside SQLite's write gate.
+_IDS: BindParameter[int] = bindparam("ids", expanding=True)
+_STILL_DUE = select(INBOX.c.id).where(
+    INBOX.c.id.in_(_IDS), or_(*_due(bindparam("now", type_=INBOX.c.next_attempt_at.type)))
+)
+_FINISH_APPLIED = (
+    update(INBOX)
+    .where(INBOX.c.id.in_(_IDS))
+    .values(
+        status=InboxStatus.APPLIED,
+        apply_count=INBOX.c.apply_count + 1,
+        applied_at=bindparam("now", type_=INBOX.c.applied_at.type),
+        last_error=None,
+        next_attempt_at=None,
+    )
+)
+_FINISH_IGNORED = (
+    update(INBOX)
+    .where(INBOX.c.id.in_(_IDS))
+    .values(
+        status=InboxStatus.IGNORED,
+        applied_at=bindparam("now", type_=INBOX.c.applied_at.type),
+        next_attempt_at=None,
+    )
+)
 
 
 def claim_due(session: Session, now: datetime, limit: int) -> list[PendingEvent]:
@@ -83,8 +124,7 @@ def claim_due(session: Session, now: datetime, limit: int) -> list[PendingEvent]
 
 def still_due(session: Session, ids: Sequence[int], now: datetime) -> set[int]:
     """Which of ``ids`` are still due (read again inside the write transaction)."""
-    due = or_(*_due(now))
-    return set(session.scalars(select(INBOX.c.id).where(INBOX.c.id.in_(ids), due)))
+    return set(session.scalars(_STILL_DUE, {"ids": list(ids), "now": now}))
 
 
 def finish(
@@ -92,23 +132,9 @@ def finish(
 ) -> None:
     """Mark claimed rows done, one statement per outcome."""
     if applied:
-        session.execute(
-            update(INBOX)
-            .where(INBOX.c.id.in_(applied))
-            .values(
-                status=InboxStatus.APPLIED,
-                apply_count=INBOX.c.apply_count + 1,
-                applied_at=now,
-                last_error=None,
-                next_attempt_at=None,
-            )
-        )
+        session.execute(_FINISH_APPLIED, {"ids": list(applied), "now": now})
     if ignored:
-        session.execute(
-            update(INBOX)
-            .where(INBOX.c.id.in_(ignored))
-            .values(status=InboxStatus.IGNORED, applied_at=now, next_attempt_at=None)
-        )
+        session.execute(_FINISH_IGNORED, {"ids": list(ignored), "now": now})
 
 
 @dataclass(frozen=True, slots=True)
