@@ -10,20 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Table, insert
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
-
-Processor = Callable[[Any], Any] | None
 
 
 @dataclass(frozen=True, slots=True)
 class _CompiledInsert:
     sql: str
     columns: tuple[str, ...]  # in the statement's parameter order
-    processors: tuple[Processor, ...]
-    defaults: tuple[Any, ...]  # a column's scalar Python default, or None
+    defaults: dict[str, Any]  # every column: its scalar Python default, or None
+    values_of: Callable[[Mapping[str, Any]], tuple[Any, ...]]  # a full row → its values
+    processed: tuple[tuple[int, Callable[[Any], Any]], ...]  # (position, bind processor)
     named: bool  # the driver takes a mapping per row (pyformat), not a sequence
 
 
@@ -38,15 +38,17 @@ def _compile(table: Table, dialect: Dialect) -> _CompiledInsert:
     names = tuple(column.name for column in table.columns)
     compiled = insert(table).values({name: None for name in names}).compile(dialect=dialect)
     order = tuple(compiled.positiontup) if compiled.positiontup else names
-    columns = tuple(table.c[name] for name in order)
+    columns = [table.c[name] for name in order]
+    processors = [c.type.dialect_impl(dialect).bind_processor(dialect) for c in columns]
     made = _CompiledInsert(
         sql=str(compiled),
         columns=order,
-        processors=tuple(c.type.dialect_impl(dialect).bind_processor(dialect) for c in columns),
-        defaults=tuple(
-            c.default.arg if isinstance(c.default, ScalarElementColumnDefault) else None
+        defaults={
+            c.name: c.default.arg if isinstance(c.default, ScalarElementColumnDefault) else None
             for c in columns
-        ),
+        },
+        values_of=itemgetter(*order),
+        processed=tuple((i, p) for i, p in enumerate(processors) if p is not None),
         named=not compiled.positiontup,
     )
     _compiled[key] = made
@@ -59,12 +61,11 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]
     if not rows:
         return
     plan = _compile(table, conn.dialect)
-    fields = tuple(zip(plan.columns, plan.processors, plan.defaults, strict=True))
     params: list[Any] = []
     for row in rows:
-        values = []
-        for name, process, default in fields:
-            value = row.get(name, default)
-            values.append(process(value) if process is not None and value is not None else value)
+        values = list(plan.values_of({**plan.defaults, **row}))
+        for position, process in plan.processed:
+            if values[position] is not None:
+                values[position] = process(values[position])
         params.append(dict(zip(plan.columns, values, strict=True)) if plan.named else tuple(values))
     conn.exec_driver_sql(plan.sql, params)

@@ -1,0 +1,46 @@
+"""``insert_rows`` writes what SQLAlchemy's own INSERT would, on both databases."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+from sqlalchemy import insert, select
+
+from ehi_bridge.connections.repository import CONNECTIONS
+from ehi_bridge.db.bulk import insert_rows
+from ehi_bridge.db.engine import Database
+
+
+def test_rows_read_back_as_sqlalchemys_insert_writes_them(db: Database) -> None:
+    at = datetime(2026, 12, 4, 23, 0, 0, 123, tzinfo=UTC)
+    elsewhere = datetime(2026, 12, 4, 18, 0, 0, tzinfo=timezone(timedelta(hours=-5)))
+    base = {"api_mode": "test", "status": "authorized", "created_at": at, "updated_at": at}
+    ours = [
+        {**base, "id": "bulk-1", "org_connection_id": "org-1", "status_changed_at": elsewhere},
+        {**base, "id": "bulk-2", "org_connection_id": "org-2", "external_id": "user-2"},
+    ]
+    # SQLAlchemy's executemany wants the same keys in every row; ours does not.
+    same_keys = {"status_changed_at": None, "external_id": None}
+    theirs = [
+        {
+            **same_keys,
+            **row,
+            "id": f"sa-{row['id']}",
+            "org_connection_id": f"sa-{row['org_connection_id']}",
+        }
+        for row in ours
+    ]
+    with db.session() as session:
+        insert_rows(session.connection(), CONNECTIONS, ours)
+        session.execute(insert(CONNECTIONS), theirs)
+    with db.read_session() as session:
+        rows = {row.id: row._asdict() for row in session.execute(select(CONNECTIONS))}
+    for row in ours:
+        stored, reference = rows[row["id"]], rows[f"sa-{row['id']}"]
+        assert stored["source"] == "fasten"  # the column's default, as SQLAlchemy applies it
+        assert stored["status_changed_at"] == reference["status_changed_at"]
+        assert {k: v for k, v in stored.items() if k not in ("id", "org_connection_id")} == {
+            k: v for k, v in reference.items() if k not in ("id", "org_connection_id")
+        }
+    assert rows["bulk-1"]["status_changed_at"] == elsewhere  # the same moment, read as UTC
+    assert rows["bulk-2"]["external_id"] == "user-2"
