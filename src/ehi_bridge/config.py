@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     """Most inbox events applied in one transaction (on SQLite the applier steers its batches
     to keep each write transaction near 8 ms, up to this size)."""
 
-    apply_share_while_receiving: float = Field(default=0.25, gt=0, le=1)
+    apply_share_while_receiving: float = Field(default=0.2, gt=0, le=1)
     """SQLite: while webhook deliveries arrive fast (over 500 a second), the applier holds the
     write lock at most this share of the time, pausing between batches: receiving comes
     first, the backlog still drains, at full speed again once the burst is over."""

@@ -97,9 +97,9 @@ class Runtime:
     _wake_launcher: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
     lock_held_by_caller: bool = False
-    # Niceness of every thread but the applier's (``serve``'s child: the receiver comes
-    # first). The applier keeps the normal priority: it holds SQLite's write gate, and a
-    # holder that the scheduler puts behind other threads keeps the receiver waiting longer.
+    # Niceness of the runtime's threads (``serve``'s child: the receiver comes first), but on
+    # SQLite not the applier's: it holds the write gate, and a holder that the scheduler puts
+    # behind other threads keeps the receiver waiting longer.
     niceness: int = 0
     _steering: BatchSteering | None = None  # the applier's batch size (SQLite steers it)
     # The newest inbox row the applier has seen, and when: how fast deliveries arrive.
@@ -127,17 +127,23 @@ class Runtime:
         use_user_definitions(self.settings.sources_definitions_file)
         hosts = HostLimiter(self.settings.source_max_in_flight_per_host)
         install(BackgroundContext(self.settings, self.db, limits, source_hosts=hosts))
+        # Linux keeps a nice value per thread: this one's, inherited by every thread and
+        # process started after it (DBOS's included). On SQLite the applier is started first,
+        # at the normal priority; on PostgreSQL it holds no gate and is niced like the rest.
+        if not self.db.is_sqlite:
+            self._lower_priority()
         self._start_thread("applier", self._apply_loop)
-        if self.niceness:
-            # Linux keeps a nice value per thread: this one's, inherited by every thread and
-            # process started from now on (DBOS's included), not the applier's.
-            os.nice(self.niceness)
+        self._lower_priority()
         loop_thread = threading.Thread(target=self._loop.run_forever, name="workflows", daemon=True)
         loop_thread.start()
         self._in_loop(_launch_on_running_loop(self.settings))
         keep_parser_ready()
         self._start_thread("launcher", self._launch_loop)
         log.info("background runtime started", executor_id=self.settings.executor_id)
+
+    def _lower_priority(self) -> None:
+        if self.niceness and os.nice(0) < self.niceness:
+            os.nice(self.niceness - os.nice(0))
 
     def _start_thread(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)

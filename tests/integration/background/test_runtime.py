@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -15,7 +16,7 @@ from ehi_bridge.connections import repository as connections_repo
 from ehi_bridge.db.engine import Database
 from ehi_bridge.exports import repository as exports_repo
 from ehi_bridge.outbox.models import OutboxItem
-from ehi_bridge.runtime import Runtime
+from ehi_bridge.runtime import APPLIER_THREAD_NAME, Runtime
 from tests.support import free_port
 
 WAITING_EXPORTS = 40
@@ -78,3 +79,45 @@ def test_every_durable_function_has_its_own_name() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "Duplicate registration" not in result.stderr + result.stdout
+
+
+def _nice_of_threads_named(name: str) -> list[int]:
+    values = []
+    for task in Path("/proc/self/task").iterdir():
+        if (task / "comm").read_text().strip() == name:
+            values.append(int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]))
+    return values
+
+
+def test_the_applier_keeps_its_priority_only_where_it_holds_the_write_gate(
+    db: Database, tmp_path: Path
+) -> None:
+    """Started niced (as serve's child starts it), the runtime lowers every thread's
+    priority but the applier's on SQLite, where it holds the write gate; on PostgreSQL the
+    applier is niced too. Started from a thread of its own: niceness is per thread."""
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=db.url,
+        data_dir=str(tmp_path / "data"),
+        fasten_api_url=f"http://127.0.0.1:{free_port()}/v1",
+        executor_id="nice-test",
+    )
+    runtime = Runtime(settings, db, niceness=3)
+    starter_nice: list[int] = []
+
+    def start() -> None:
+        runtime.start()
+        starter_nice.append(os.nice(0))
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    starter.join(60)
+    try:
+        deadline = time.monotonic() + 10
+        while not _nice_of_threads_named(APPLIER_THREAD_NAME) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert starter_nice == [3]  # everything started after it inherits this
+        assert _nice_of_threads_named(APPLIER_THREAD_NAME) == [0 if db.is_sqlite else 3]
+        assert os.nice(0) == 0  # this thread (pytest's) is untouched
+    finally:
+        runtime.stop()
