@@ -9,7 +9,6 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from ehi_bridge.connections.models import Connection
@@ -180,54 +179,55 @@ _LOCK = (
     .order_by(CONNECTIONS.c.org_connection_id)
     .with_for_update()
 )
-_INSERT_IF_NEW = pg_insert(CONNECTIONS).on_conflict_do_nothing(index_elements=["org_connection_id"])
+# One lock per key, taken in the order of the (sorted) array: unnest emits it in order.
+_ADVISORY_LOCKS = text(
+    "SELECT pg_advisory_xact_lock(hashtextextended('connection:' || k, 0)) "
+    "FROM unnest(CAST(:keys AS text[])) AS k"
+)
 
 
 def lock_for_events(
     session: Session, org_connection_ids: dict[str, str]
 ) -> dict[str, LockedConnection]:
-    """The connections a batch of events touches (org_connection_id → api mode), created
-    ``pending`` where new, locked in one sorted order so two appliers sharing a backlog on
-    PostgreSQL queue behind each other instead of deadlocking.
+    """The connections a batch of events touches (org_connection_id → api mode), locked;
+    those not found are returned as new (``insert``), written once, complete, by
+    ``save_locked``: inserting them ``pending`` and updating them after wrote every index
+    of every new row twice. The caller saves before it writes anything that refers to one
+    (an export).
 
-    On SQLite the transaction (``BEGIN IMMEDIATE``) already excludes every other writer, so
-    a connection not found now cannot appear before the commit: new ones are inserted once,
-    complete, by ``save_locked`` (inserting them ``pending`` first and updating them after
-    rewrote three indexed columns of every new row), and foreign keys are checked at the
-    commit meanwhile, since the batch may write a new connection's export first.
+    No other applier can create one of them meanwhile. On SQLite the transaction
+    (``BEGIN IMMEDIATE``) excludes every other writer. On PostgreSQL appliers first take a
+    transaction-scoped advisory lock per org_connection_id, in one sorted order, then the
+    rows' locks in that order: two appliers sharing a backlog queue behind each other
+    instead of deadlocking, and the second sees the first's new rows. (Another writer that
+    creates the same connection meanwhile makes the batch's INSERT fail: the batch is redone
+    one event at a time and that event retried, by then finding the row.)
     """
     if not org_connection_ids:
         return {}
     now = utcnow()
     ordered = sorted(org_connection_ids)
-    sqlite = session.get_bind().dialect.name == "sqlite"
-    new_rows = {
-        org_id: {
-            "id": new_connection_id(),
-            "org_connection_id": org_id,
-            "api_mode": org_connection_ids[org_id],
-            "source": "fasten",
-            "status": "pending",
-            "created_at": now,
-            "updated_at": now,
-        }
-        for org_id in ordered
-    }
-    if sqlite:
-        session.execute(text("PRAGMA defer_foreign_keys=ON"))
-    else:
-        session.execute(_INSERT_IF_NEW, list(new_rows.values()))
-    found = session.execute(_LOCK, {"org_ids": ordered})
+    if session.get_bind().dialect.name != "sqlite":
+        session.execute(_ADVISORY_LOCKS, {"keys": ordered})
     locked = {}
-    for row in found:
+    for row in session.execute(_LOCK, {"org_ids": ordered}):
         connection = LockedConnection(*row)
         connection.loaded = tuple(row)
         if connection.org_connection_id:
             locked[connection.org_connection_id] = connection
-    if sqlite:
-        for org_id in ordered:
-            if org_id not in locked:
-                locked[org_id] = LockedConnection.to_insert(new_rows[org_id])
+    for org_id in ordered:
+        if org_id not in locked:
+            locked[org_id] = LockedConnection.to_insert(
+                {
+                    "id": new_connection_id(),
+                    "org_connection_id": org_id,
+                    "api_mode": org_connection_ids[org_id],
+                    "source": "fasten",
+                    "status": "pending",
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
     return locked
 
 

@@ -169,9 +169,16 @@ def _load_exports(ctx: _Context, parsed: Sequence[_Parsed]) -> None:
         ctx.exports.add(export)
 
 
+def _save_connections(ctx: _Context) -> None:
+    """Write the batch's connections as they are now (new ones once, complete): before an
+    export that refers to one is written, and at the end of the batch."""
+    connections_repo.save_locked(ctx.session, ctx.connections.values())
+
+
 def _write_requested_exports(ctx: _Context, *, index: bool = True) -> None:
     if not ctx.exports_to_request:
         return
+    _save_connections(ctx)
     ids = exports_repo.create_requested(ctx.session, ctx.exports_to_request, trigger="auto")
     ctx.exports_to_request.clear()
     if index:  # export events later in the batch may name them
@@ -284,7 +291,7 @@ def _apply_in_savepoint(ctx: _Context, items: Sequence[_Parsed]) -> None:
         for item in items:
             _APPLIERS[item.row.event_type](ctx, item.row, item.data, item.at)
         _write_requested_exports(ctx, index=False)
-        connections_repo.save_locked(ctx.session, ctx.connections.values())
+        _save_connections(ctx)
 
 
 def _forget_unsaved(ctx: _Context, follow_ups_kept: int) -> None:
@@ -458,6 +465,7 @@ def _export_for_task(ctx: _Context, connection: LockedConnection, task_id: str |
     if export is not None:
         export.task_id = task_id
     else:
+        _save_connections(ctx)
         export = exports_repo.create(
             ctx.session,
             connection.id,

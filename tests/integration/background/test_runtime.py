@@ -84,8 +84,11 @@ def test_every_durable_function_has_its_own_name() -> None:
 def _nice_of_threads_named(name: str) -> list[int]:
     values = []
     for task in Path("/proc/self/task").iterdir():
-        if (task / "comm").read_text().strip() == name:
-            values.append(int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]))
+        try:  # a thread may end between the listing and the read
+            if (task / "comm").read_text().strip() == name:
+                values.append(int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]))
+        except FileNotFoundError:
+            continue
     return values
 
 

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import Engine, event, func, select
 
 from ehi_bridge.alerts.models import Alert
 from ehi_bridge.config import Settings
@@ -237,3 +237,27 @@ def test_before_write_runs_after_the_read_and_before_the_write_transaction(db: D
         assert result.gate_released_at is not None and result.transaction_seconds > 0
     else:
         assert result.gate_released_at is None  # no write gate on PostgreSQL
+
+
+def test_a_new_connection_is_written_once(db: Database) -> None:
+    """Not inserted ``pending`` and updated after (every index of the row written twice):
+    one INSERT of the complete rows, no UPDATE of connections, on both databases."""
+    store(db, [success(f"once-{n}", T0) for n in range(20)])
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(" ".join(statement.split()).lower())
+
+    # Every engine: on SQLite the applier writes through the database's hot-path engine.
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        assert len(apply_batch(db, SETTINGS, limit=50, now=T0).applied) == 20
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+    assert len([s for s in statements if s.startswith("insert into connections")]) == 1
+    assert not [s for s in statements if s.startswith("update connections")]
+    with db.read_session() as session:
+        stored = session.scalars(
+            select(Connection).where(Connection.org_connection_id.like("once-%"))
+        )
+        assert {c.status for c in stored} == {"authorized"}
