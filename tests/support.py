@@ -148,3 +148,16 @@ def running(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def threads_of(pid: int) -> list[tuple[int, str, int]]:
+    """(thread id, OS name, nice value) of each of the process's threads."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:  # a thread may end between the listing and the reads
+            name = (task / "comm").read_text().strip()
+            nice = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+        except FileNotFoundError:
+            continue
+        found.append((int(task.name), name, nice))
+    return found

@@ -17,7 +17,7 @@ from ehi_bridge.db.engine import Database
 from ehi_bridge.exports import repository as exports_repo
 from ehi_bridge.outbox.models import OutboxItem
 from ehi_bridge.runtime import APPLIER_THREAD_NAME, Runtime
-from tests.support import free_port
+from tests.support import free_port, threads_of
 
 WAITING_EXPORTS = 40
 
@@ -82,14 +82,7 @@ def test_every_durable_function_has_its_own_name() -> None:
 
 
 def _nice_of_threads_named(name: str) -> list[int]:
-    values = []
-    for task in Path("/proc/self/task").iterdir():
-        try:  # a thread may end between the listing and the read
-            if (task / "comm").read_text().strip() == name:
-                values.append(int((task / "stat").read_text().rsplit(")", 1)[1].split()[16]))
-        except FileNotFoundError:
-            continue
-    return values
+    return [nice for _, thread, nice in threads_of(os.getpid()) if thread == name]
 
 
 def test_the_applier_keeps_its_priority_only_where_it_holds_the_write_gate(
