@@ -153,7 +153,7 @@ class LockedConnection:
     authorized_at: datetime | None
     revoked_at: datetime | None
     loaded: tuple[Any, ...] = field(default=(), repr=False, compare=False)
-    # A new connection (SQLite): the columns of its row besides these, to insert it with.
+    # A new connection: the columns of its row besides these, to insert it with.
     insert: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
@@ -237,8 +237,9 @@ def save_locked(session: Session, connections: Iterable[LockedConnection]) -> No
     inserts: list[dict[str, Any]] = []
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for connection in connections:
+        current = connection.values()
         if connection.insert is not None:
-            inserts.append({**connection.insert, **connection.values()})
+            inserts.append({**connection.insert, **current})
             connection.insert = None
         else:
             changes = connection.changes()
@@ -247,7 +248,7 @@ def save_locked(session: Session, connections: Iterable[LockedConnection]) -> No
             params = {"connection_id": connection.id}
             params.update((f"new_{name}", value) for name, value in changes.items())
             groups.setdefault(tuple(changes), []).append(params)
-        connection.loaded = tuple(connection.values().values())
+        connection.loaded = tuple(current.values())
     insert_rows(session.connection(), CONNECTIONS, inserts)
     for names, params_list in groups.items():
         statement = (

@@ -441,7 +441,6 @@ def _ids(form: FormData) -> list[int]:
 
 @router.post("/events/replay")
 async def events_replay(request: Request, ctx: CtxDep, user: CsrfUserDep) -> Response:
-
     ids = _ids(await request.form())
     if not ids:
         raise HTTPException(status_code=422, detail="no event ids given")

@@ -290,13 +290,11 @@ class ActionError(Exception):
 
 
 def replay(ctx: AppContext, ids: Sequence[int]) -> int:
-
     count = replay_events(ctx.db, list(ids))
     return count
 
 
 def request_export(ctx: AppContext, connection_id: str) -> Export:
-
     try:
         export = exports_service.request_export(ctx.db, connection_id, trigger="manual")
     except LookupError as exc:
@@ -324,7 +322,6 @@ def resync_source(ctx: AppContext, connection_id: str) -> int:
 
 
 def retry_export(ctx: AppContext, export_id: int) -> Export:
-
     try:
         export = exports_service.retry_export(ctx.db, export_id)
     except LookupError as exc:

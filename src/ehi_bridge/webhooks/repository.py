@@ -75,16 +75,15 @@ def _due(
 # Built once, with their ids and time as parameters: the applier runs them for every batch,
 # inside SQLite's write gate.
 _IDS: BindParameter[int] = bindparam("ids", expanding=True)
-_STILL_DUE = select(INBOX.c.id).where(
-    INBOX.c.id.in_(_IDS), or_(*_due(bindparam("now", type_=INBOX.c.next_attempt_at.type)))
-)
+_NOW: BindParameter[datetime] = bindparam("now", type_=INBOX.c.applied_at.type)
+_STILL_DUE = select(INBOX.c.id).where(INBOX.c.id.in_(_IDS), or_(*_due(_NOW)))
 _FINISH_APPLIED = (
     update(INBOX)
     .where(INBOX.c.id.in_(_IDS))
     .values(
         status=InboxStatus.APPLIED,
         apply_count=INBOX.c.apply_count + 1,
-        applied_at=bindparam("now", type_=INBOX.c.applied_at.type),
+        applied_at=_NOW,
         last_error=None,
         next_attempt_at=None,
     )
@@ -94,7 +93,7 @@ _FINISH_IGNORED = (
     .where(INBOX.c.id.in_(_IDS))
     .values(
         status=InboxStatus.IGNORED,
-        applied_at=bindparam("now", type_=INBOX.c.applied_at.type),
+        applied_at=_NOW,
         next_attempt_at=None,
     )
 )
