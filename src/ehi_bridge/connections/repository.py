@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from ehi_bridge.connections.models import Connection
 from ehi_bridge.db.base import utcnow
 from ehi_bridge.db.bulk import insert_rows
+from ehi_bridge.db.plans import prefer_index_plans
 
 
 def new_connection_id() -> str:
@@ -207,6 +208,7 @@ def lock_for_events(
         return {}
     now = utcnow()
     ordered = sorted(org_connection_ids)
+    prefer_index_plans(session)
     if session.get_bind().dialect.name != "sqlite":
         session.execute(_ADVISORY_LOCKS, {"keys": ordered})
     locked = {}

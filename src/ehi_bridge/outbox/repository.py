@@ -12,6 +12,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from ehi_bridge.db.base import utcnow
+from ehi_bridge.db.plans import prefer_index_plans
 from ehi_bridge.outbox.models import NOT_STARTED, OutboxItem, OutboxKind
 
 
@@ -64,6 +65,7 @@ def add(session: Session, *items: FollowUp) -> None:
 
 def claim_not_started(session: Session, limit: int) -> list[FollowUp]:
     """Rows whose workflow has not been started, locked against other launchers."""
+    prefer_index_plans(session)
     rows = session.execute(
         select(OutboxItem.kind, OutboxItem.subject, OutboxItem.workflow_id)
         .where(text(NOT_STARTED))

@@ -21,6 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from ehi_bridge.db.plans import prefer_index_plans
 from ehi_bridge.webhooks.models import HANDED_ON, InboxEvent, InboxStatus
 
 
@@ -106,6 +107,7 @@ def claim_due(session: Session, now: datetime, limit: int) -> list[PendingEvent]
     processes take the rows after them instead of waiting or applying them twice. On
     SQLite the write transaction (``BEGIN IMMEDIATE``) already excludes other writers.
     """
+    prefer_index_plans(session)
     rows = [
         row
         for condition in _due(now)
@@ -231,6 +233,7 @@ def newest_id(session: Session) -> int | None:
 
 def any_due(session: Session, now: datetime) -> bool:
     """Whether anything waits to be applied (a read: the applier's cheap idle check)."""
+    prefer_index_plans(session)
     return any(
         session.scalar(select(INBOX.c.id).where(condition).limit(1)) is not None
         for condition in _due(now)

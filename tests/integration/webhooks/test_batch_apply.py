@@ -10,7 +10,6 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,34 +25,11 @@ from ehi_bridge.outbox.models import OutboxItem
 from ehi_bridge.webhooks import schemas, service
 from ehi_bridge.webhooks.models import InboxEvent
 from ehi_bridge.webhooks.service import apply_batch
+from tests.integration.webhooks.helpers import store
 from tests.webhook_client import connection_success, envelope
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SETTINGS = Settings(_env_file=None, event_max_attempts=3)  # type: ignore[call-arg]
-
-
-def _row(event: dict[str, Any]) -> dict[str, Any]:
-    org = (event.get("data") or {}).get("org_connection_id")
-    return {
-        "event_id": event["id"],
-        "webhook_id": event["id"],
-        "event_type": event["type"],
-        "api_mode": event["api_mode"],
-        "body": orjson.dumps(event),
-        "received_at": utcnow(),
-        "last_received_at": utcnow(),
-        "delivery_count": 1,
-        "status": "received",
-        "org_connection_id": org if isinstance(org, str) else None,
-        "attempts": 0,
-        "apply_count": 0,
-        "replays": 0,
-    }
-
-
-def store(db: Database, events: list[dict[str, Any]]) -> None:
-    with db.session() as session:
-        session.execute(InboxEvent.__table__.insert(), [_row(e) for e in events])
 
 
 def drain(db: Database, settings: Settings, now: datetime, limit: int = 256) -> int:
