@@ -100,10 +100,12 @@ class Settings(BaseSettings):
     """Most inbox events applied in one transaction (on SQLite the applier steers its batches
     to keep each write transaction near 8 ms, up to this size)."""
 
-    apply_share_while_receiving: float = Field(default=0.2, gt=0, le=1)
-    """SQLite: while webhook deliveries arrive fast (over 500 a second), the applier holds the
-    write lock at most this share of the time, pausing between batches: receiving comes
-    first, the backlog still drains, at full speed again once the burst is over."""
+    apply_share_while_receiving: float | None = Field(default=None, gt=0, le=1)
+    """While webhook deliveries arrive fast (over 500 a second), the applier writes at most
+    this share of the time, pausing between batches: receiving comes first, the backlog still
+    drains, at full speed again once the burst is over. Unset: 0.2 on SQLite (a share of its
+    one write lock, which every delivery's commit waits for), 0.5 on PostgreSQL (a share of
+    the CPU the applier's transactions take)."""
 
     background_process: bool = True
     """`serve` runs its background work in a child process of lower CPU priority (false: in the

@@ -40,6 +40,7 @@ from ehi_bridge.background.executor_lock import ExecutorLock
 from ehi_bridge.background.limits import (
     BatchSteering,
     StageLimits,
+    apply_share,
     receiving_fast,
     yield_to_receiver,
 )
@@ -104,8 +105,8 @@ class Runtime:
     _steering: BatchSteering | None = None  # the applier's batch size (SQLite steers it)
     # The newest inbox row the applier has seen, and when: how fast deliveries arrive.
     _newest_seen: tuple[int, float] = (0, 0.0)
-    # When the applier may take SQLite's write gate again while the receiver is busy.
-    _gate_turn_at: float = 0.0
+    # When the applier may write again while the receiver is busy (time.perf_counter()).
+    _write_turn_at: float = 0.0
     _threads: list[threading.Thread] = field(default_factory=list)
     _lock: ExecutorLock | None = None
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
@@ -116,6 +117,12 @@ class Runtime:
 
     def seconds_since_heartbeat(self) -> float:
         return time.monotonic() - self.heartbeat
+
+    @property
+    def next_write_at(self) -> float:
+        """``time.perf_counter()`` before which the applier does not start its next write:
+        the pause it owes a busy receiver (0: none)."""
+        return self._write_turn_at
 
     def start(self) -> None:
         if not self.lock_held_by_caller:
@@ -195,19 +202,17 @@ class Runtime:
         if result.follow_ups:
             self._wake_launcher.set()
         full = result.claimed >= limit
-        # Only SQLite's write lock is shared with the receiver; on PostgreSQL the child's lower
-        # CPU priority already lets the receiver go first (pausing there only cost drain).
-        self._gate_turn_at = 0.0
-        if full and self.db.is_sqlite and result.gate_released_at and self._receiver_busy():
-            share = self.settings.apply_share_while_receiving
-            self._gate_turn_at = result.gate_released_at + yield_to_receiver(busy, share)
+        self._write_turn_at = 0.0
+        if full and result.write_ended_at and self._receiver_busy():
+            share = apply_share(self.settings.apply_share_while_receiving, self.db.is_sqlite)
+            self._write_turn_at = result.write_ended_at + yield_to_receiver(busy, share)
         return full
 
     def _wait_turn(self) -> None:
-        """Right before the write gate: the rest of the pause owed to a busy receiver. What
-        the applier did since its last hold (the sync, reading and parsing the next batch)
-        counts towards the pause, so the gate is held ``share`` of the time, not less."""
-        self._stop.wait(max(0.0, self._gate_turn_at - time.perf_counter()))
+        """Right before the write transaction: the rest of the pause owed to a busy receiver.
+        What the applier did since its last one (SQLite's sync, reading and parsing the next
+        batch) counts towards the pause, so it writes ``share`` of the time, not less."""
+        self._stop.wait(max(0.0, self._write_turn_at - time.perf_counter()))
 
     def _receiver_busy(self) -> bool:
         with self.db.read_session() as session:

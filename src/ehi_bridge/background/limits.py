@@ -28,12 +28,26 @@ APPLY_TRANSACTION_TARGET_SECONDS = 0.008
 MIN_APPLY_BATCH = 8
 # Deliveries arriving faster than this keep the receiver busy enough to be given way to.
 BUSY_RECEIVER_PER_SECOND = 500.0
+# The applier's share of the time while the receiver is busy (``apply_share_while_receiving``
+# unset). SQLite: of its single write lock, which the receiver's commits wait for. PostgreSQL:
+# of the applier's transactions, which take CPU (its process and its server backend) from
+# the receiver, not a lock. Each leaves the drain above 2,000 events/s on two cores
+# (docs/benchmarks.md).
+SQLITE_APPLY_SHARE = 0.2
+POSTGRES_APPLY_SHARE = 0.5
 
 
 def receiving_fast(new_rows: int, seconds: float) -> bool:
     """Whether the inbox grew fast enough since the last look that the receiver comes first
     (pure; the first look, ``seconds`` from an arbitrary origin, counts as not busy)."""
     return 0 < seconds < 60 and new_rows / seconds >= BUSY_RECEIVER_PER_SECOND
+
+
+def apply_share(configured: float | None, sqlite: bool) -> float:
+    """The applier's share of the time while the receiver is busy (pure)."""
+    if configured is not None:
+        return configured
+    return SQLITE_APPLY_SHARE if sqlite else POSTGRES_APPLY_SHARE
 
 
 def yield_to_receiver(busy_seconds: float, share: float) -> float:

@@ -100,7 +100,8 @@ class BatchResult:
     # How long the write transaction held the receiver's commits back: SQLite's write gate
     # from taking it to the commit (elsewhere the whole call).
     transaction_seconds: float = 0.0
-    gate_released_at: float | None = None  # SQLite: time.perf_counter() at the gate's release
+    # time.perf_counter() when it ended (SQLite: at the gate's release, before the sync).
+    write_ended_at: float | None = None
 
     @property
     def parked(self) -> list[int]:
@@ -232,8 +233,9 @@ def apply_batch(
     with db.hot_write_session() as session:
         hold_deliveries(session)  # sinks may be slow: they are called after the gate
         result = _apply_claimed(session, settings, early, limit, now)
-    result.transaction_seconds = session.info.get(WRITE_GATE_SECONDS, time.perf_counter() - started)
-    result.gate_released_at = session.info.get(WRITE_GATE_RELEASED_AT)
+    ended = time.perf_counter()
+    result.transaction_seconds = session.info.get(WRITE_GATE_SECONDS, ended - started)
+    result.write_ended_at = session.info.get(WRITE_GATE_RELEASED_AT, ended)
     deliver_held(session)
     return result
 

@@ -17,7 +17,9 @@ from ehi_bridge.db.engine import Database
 from ehi_bridge.exports import repository as exports_repo
 from ehi_bridge.outbox.models import OutboxItem
 from ehi_bridge.runtime import APPLIER_THREAD_NAME, Runtime
+from tests.integration.webhooks.helpers import store
 from tests.support import free_port, threads_of
+from tests.webhook_client import connection_success, envelope
 
 WAITING_EXPORTS = 40
 
@@ -117,3 +119,30 @@ def test_the_applier_keeps_its_priority_only_where_it_holds_the_write_gate(
         assert os.nice(0) == 0  # this thread (pytest's) is untouched
     finally:
         runtime.stop()
+
+
+def _backlog(db: Database, count: int, prefix: str) -> None:
+    events = [connection_success(f"{prefix}-{n}") for n in range(count)]
+    store(db, [envelope("patient.connection_success", data) for data in events])
+
+
+def test_the_applier_pauses_for_a_busy_receiver_on_both_databases(
+    db: Database, tmp_path: Path
+) -> None:
+    """While deliveries arrive fast, a full batch leaves the applier a pause before its next
+    write, on SQLite (its write lock) and on PostgreSQL (the CPU); none while they don't."""
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=db.url,
+        data_dir=str(tmp_path / "data"),
+        apply_batch_size=16,
+    )
+    runtime = Runtime(settings, db)
+    _backlog(db, 64, "quiet")
+    assert runtime.apply_once()  # a first look at the inbox: nothing to compare with
+    assert runtime.apply_once()  # no new deliveries since
+    assert runtime.next_write_at == 0.0
+    _backlog(db, 1000, "burst")  # a thousand deliveries since the last look, within seconds
+    before = time.perf_counter()
+    assert runtime.apply_once()
+    assert runtime.next_write_at > before

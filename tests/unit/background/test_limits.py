@@ -13,8 +13,11 @@ from ehi_bridge.background.limits import (
     APPLY_TRANSACTION_TARGET_SECONDS,
     BUSY_RECEIVER_PER_SECOND,
     MIN_APPLY_BATCH,
+    POSTGRES_APPLY_SHARE,
+    SQLITE_APPLY_SHARE,
     BatchSteering,
     Pace,
+    apply_share,
     next_slot,
     receiving_fast,
     yield_to_receiver,
@@ -107,3 +110,11 @@ def test_yielding_keeps_the_applier_to_its_share_of_the_time() -> None:
     for share in (0.1, 0.25, 0.5, 1.0):
         pause = yield_to_receiver(busy_seconds=0.004, share=share)
         assert 0.004 / (0.004 + pause) == pytest.approx(share)
+
+
+def test_the_applier_s_share_is_the_configured_one_or_its_database_s() -> None:
+    assert apply_share(None, sqlite=True) == SQLITE_APPLY_SHARE
+    assert apply_share(None, sqlite=False) == POSTGRES_APPLY_SHARE
+    # SQLite's is a share of the lock every delivery waits for: the smaller one.
+    assert SQLITE_APPLY_SHARE < POSTGRES_APPLY_SHARE
+    assert apply_share(0.35, sqlite=True) == apply_share(0.35, sqlite=False) == 0.35
