@@ -20,6 +20,7 @@ of the ``--no-background`` throughput, p99 <= 15 ms, drain >= 2,000 events/s.
 
     python bench/webhooks.py [--backend sqlite|postgres|both] [--seconds 10]
     python bench/webhooks.py --background [--backend sqlite] [--connections 32] [--seconds 8]
+        [--repeat 3]   # pairs of runs, alternating, with the median of each figure
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -232,8 +234,9 @@ def bench_background(
     for background in (False, True):
         label = "background" if background else "no-background"
         pg_name = None
+        db_file = work / f"bg-{label}-{connections}-{uuid.uuid4().hex[:8]}.sqlite3"
         if backend == "sqlite":
-            url = f"sqlite:///{work / f'bg-{label}-{connections}.sqlite3'}"
+            url = f"sqlite:///{db_file}"
         else:
             pg_name = create_pg_database()
             url = pg_url_for(pg_name)
@@ -281,6 +284,8 @@ def bench_background(
         finally:
             if pg_name:
                 drop_pg_database(pg_name)
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db_file}{suffix}").unlink(missing_ok=True)
     return rows
 
 
@@ -290,9 +295,10 @@ def main_background(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="ehi-bench-") as tmp:
         for backend in backends:
             for connections in [int(c) for c in args.connections.split(",")]:
-                rows += bench_background(
-                    backend, args.seconds, Path(tmp), connections, args.backlog
-                )
+                for _ in range(args.repeat):
+                    rows += bench_background(
+                        backend, args.seconds, Path(tmp), connections, args.backlog
+                    )
     print(
         f"backlog {args.backlog:,} events; wrk {args.seconds} s; load average "
         f"{os.getloadavg()[0]:.1f}"
@@ -307,16 +313,28 @@ def main_background(args: argparse.Namespace) -> None:
             f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['drain_per_s']:>9,.0f}"
             f"{r['waiting_after']:>9,}"
         )
+    pairs: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
     for alone, with_bg in zip(rows[::2], rows[1::2], strict=True):
+        ratio = with_bg["rps"] / alone["rps"]
+        key = (with_bg["backend"], with_bg["connections"])
+        pairs.setdefault(key, []).append((ratio, with_bg["p99_ms"], with_bg["drain_per_s"]))
         print(
             f"{with_bg['backend']} c={with_bg['connections']}: background on / off throughput "
-            f"{with_bg['rps'] / alone['rps']:.0%}, p99 {with_bg['p99_ms']:.1f} ms, "
+            f"{ratio:.0%}, p99 {with_bg['p99_ms']:.1f} ms, "
             f"drain {with_bg['drain_per_s']:,.0f} events/s"
         )
         if with_bg["waiting_after"] == 0:
             print(
                 "  the backlog ran out during the run: the drain rate is a lower bound; "
                 "raise --backlog"
+            )
+    for (backend, connections), runs in pairs.items():
+        if len(runs) > 1:
+            ratios, p99s, drains = zip(*runs, strict=True)
+            print(
+                f"{backend} c={connections}, median of {len(runs)} pairs: throughput "
+                f"{statistics.median(ratios):.0%}, p99 {statistics.median(p99s):.1f} ms, "
+                f"drain {statistics.median(drains):,.0f} events/s"
             )
     print(orjson.dumps(rows).decode())
 
@@ -333,6 +351,9 @@ def main() -> None:
         help="receiver with background on while a backlog drains, against --no-background",
     )
     parser.add_argument("--backlog", type=int, default=50_000, help="events (--background)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="pairs of runs per cell, and their medians"
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is required: apt-get install wrk")
