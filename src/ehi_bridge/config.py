@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     apply_share_while_receiving: float | None = Field(default=None, gt=0, le=1)
     """While webhook deliveries arrive fast (over 500 a second), the applier writes at most
     this share of the time, pausing between batches: receiving comes first, the backlog still
-    drains, at full speed again once the burst is over. Unset: 0.2 on SQLite (a share of its
+    drains, at full speed again once the burst is over. Unset: 0.16 on SQLite (a share of its
     one write lock, which every delivery's commit waits for), 0.5 on PostgreSQL (a share of
     the CPU the applier's transactions take)."""
 

@@ -174,12 +174,15 @@ class Runtime:
 
     def _apply_loop(self) -> None:
         _name_os_thread(APPLIER_THREAD_NAME)
+        full = False
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             try:
-                full = self.apply_once() if self._anything_due() else False
+                # After a full batch more is waiting: no need to look first.
+                full = self.apply_once() if full or self._anything_due() else False
             except Exception as exc:  # the rows stay due; try again shortly
                 log.error("apply failed", error_type=type(exc).__name__)
+                full = False
                 self._stop.wait(1.0)
                 continue
             if not full:

@@ -33,7 +33,7 @@ BUSY_RECEIVER_PER_SECOND = 500.0
 # of the applier's transactions, which take CPU (its process and its server backend) from
 # the receiver, not a lock. Each leaves the drain above 2,000 events/s on two cores
 # (docs/benchmarks.md).
-SQLITE_APPLY_SHARE = 0.2
+SQLITE_APPLY_SHARE = 0.16
 POSTGRES_APPLY_SHARE = 0.5
 
 
