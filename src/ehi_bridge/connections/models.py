@@ -18,7 +18,7 @@ class Connection(Base):
     external_id: Mapped[str | None] = mapped_column(String(255), index=True)
     api_mode: Mapped[str] = mapped_column(String(8))
     source: Mapped[str] = mapped_column(String(16), default="fasten")  # fasten | manual | smart
-    status: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[str] = mapped_column(String(16))  # indexed with created_at, below
     status_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     platform_type: Mapped[str | None] = mapped_column(String(64), index=True)
     # A ``smart`` connection's FHIR base (its platform is ``platform_type``).

@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-12-04 17:39:43.046675
+Create Date: 2026-12-05 02:07:48.846555
 """
 
 from collections.abc import Sequence
@@ -118,7 +118,6 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_connections_platform_type"), ["platform_type"], unique=False
         )
-        batch_op.create_index(batch_op.f("ix_connections_status"), ["status"], unique=False)
         batch_op.create_index(
             "ix_connections_status_created", ["status", "created_at"], unique=False
         )
@@ -494,7 +493,6 @@ def downgrade() -> None:
     op.drop_table("dashboard_sessions")
     with op.batch_alter_table("connections", schema=None) as batch_op:
         batch_op.drop_index("ix_connections_status_created")
-        batch_op.drop_index(batch_op.f("ix_connections_status"))
         batch_op.drop_index(batch_op.f("ix_connections_platform_type"))
         batch_op.drop_index(batch_op.f("ix_connections_external_id"))
         batch_op.drop_index(batch_op.f("ix_connections_created_at"))
