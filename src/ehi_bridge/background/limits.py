@@ -31,8 +31,8 @@ BUSY_RECEIVER_PER_SECOND = 500.0
 # The applier's share of the time while the receiver is busy (``apply_share_while_receiving``
 # unset). SQLite: of its single write lock, which the receiver's commits wait for. PostgreSQL:
 # of the applier's transactions, which take CPU (its process and its server backend) from
-# the receiver, not a lock. Each leaves the drain above 2,000 events/s on two cores
-# (docs/benchmarks.md).
+# the receiver, not a lock. Chosen on two cores for a receiver at >= 80 % of its own
+# throughput and a drain near or above 2,000 events/s (docs/benchmarks.md).
 SQLITE_APPLY_SHARE = 0.16
 POSTGRES_APPLY_SHARE = 0.5
 
