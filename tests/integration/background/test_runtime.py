@@ -15,8 +15,10 @@ from ehi_bridge.config import Settings
 from ehi_bridge.connections import repository as connections_repo
 from ehi_bridge.db.engine import Database
 from ehi_bridge.exports import repository as exports_repo
+from ehi_bridge.exports.models import Export
 from ehi_bridge.outbox.models import OutboxItem
-from ehi_bridge.runtime import APPLIER_THREAD_NAME, Runtime
+from ehi_bridge.runtime import APPLIER_THREAD_NAME, Runtime, executor_threads
+from ehi_bridge.webhooks.models import InboxEvent
 from tests.integration.webhooks.helpers import store
 from tests.support import free_port, threads_of
 from tests.webhook_client import connection_success, envelope
@@ -146,3 +148,55 @@ def test_the_applier_pauses_for_a_busy_receiver_on_both_databases(
     before = time.perf_counter()
     assert runtime.apply_once()
     assert runtime.next_write_at > before
+
+
+FAILING_DOWNLOADS = 300
+
+
+def _attempted(db: Database) -> int:
+    with db.read_session() as session:
+        return session.scalar(select(func.count()).where(Export.attempts > 0)) or 0
+
+
+def test_a_burst_of_failing_downloads_runs_on_a_bounded_set_of_threads(
+    db: Database, tmp_path: Path
+) -> None:
+    """Three hundred exports whose downloads all fail at once (no Fasten credentials): every
+    event is applied and every download attempted, on a bounded number of threads. DBOS's
+    own pool for blocking calls is unbounded: it started a thread per failing download, all
+    queued on 16 database connections. And on SQLite the launcher holds no write lock while
+    the workflows start: with the threads bounded, starts that waited for a thread, whose
+    calls waited for the launcher's lock, never finished."""
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=db.url,
+        data_dir=str(tmp_path / "data"),
+        fasten_api_url=f"http://127.0.0.1:{free_port()}/v1",  # never called: no credentials
+        auto_request_export=False,
+        executor_id="burst-test",
+    )
+    events = []
+    for n in range(FAILING_DOWNLOADS):
+        org = f"org-burst-{n}"
+        events.append(envelope("patient.connection_success", connection_success(org)))
+        download = {"url": "https://files.example/export.jsonl", "export_type": "jsonl"}
+        data = {"org_connection_id": org, "task_id": f"task-{n}", "download_links": [download]}
+        events.append(envelope("patient.ehi_export_success", data))
+    store(db, events)
+    threads_before = threading.active_count()
+    runtime = Runtime(settings, db)
+    runtime.start()
+    peak = 0
+    try:
+        deadline = time.monotonic() + 120
+        while _attempted(db) < FAILING_DOWNLOADS and time.monotonic() < deadline:
+            peak = max(peak, threading.active_count())
+            time.sleep(0.02)
+        assert _attempted(db) == FAILING_DOWNLOADS
+    finally:
+        runtime.stop()
+    with db.read_session() as session:
+        statuses = set(session.scalars(select(InboxEvent.status)))
+    assert statuses == {"applied"}
+    # The runtime's own threads (applier, launcher, loops, DBOS's) and the bounded pool.
+    assert peak - threads_before <= executor_threads(settings) + 16
