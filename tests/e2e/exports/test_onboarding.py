@@ -73,7 +73,8 @@ def test_twenty_patients_connecting_at_once_all_get_their_records(
         want = expected()
         stored = _stored_by_connection(stack)
         landed = {cid for cid in ids if cid in want and stored.get(cid) == want[cid]}
-        if landed == ids:
+        # Every resource stored comes before the export is reconciled and marked complete.
+        if landed == ids and set(_export_statuses(stack)) == {"complete"}:
             break
         time.sleep(1.0)
     assert landed == ids, (
