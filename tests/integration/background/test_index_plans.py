@@ -22,8 +22,7 @@ from ehi_bridge.outbox import repository as outbox_repo
 from ehi_bridge.outbox.models import OutboxItem, OutboxKind
 from ehi_bridge.webhooks import repository as inbox_repo
 from ehi_bridge.webhooks.service import apply_batch
-from tests.integration.webhooks.helpers import store
-from tests.webhook_client import connection_success, envelope
+from tests.integration.webhooks.helpers import store_new_connections
 
 BACKLOG = 3000
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -64,8 +63,7 @@ def assert_index_plans(plans: dict[str, str], *tables: str) -> None:
 def test_the_applier_finds_its_backlog_and_connections_by_index(pg_database_url: str) -> None:
     db = Database(pg_database_url)
     try:
-        events = [connection_success(f"plan-{n}") for n in range(BACKLOG)]
-        store(db, [envelope("patient.connection_success", data, date=T0) for data in events])
+        store_new_connections(db, "plan", BACKLOG, date=T0)
         assert apply_batch(db, SETTINGS, limit=256, now=T0).claimed == 256
         with explained(db) as plans:
             result = apply_batch(db, SETTINGS, limit=256, now=T0)

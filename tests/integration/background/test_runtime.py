@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -19,11 +20,22 @@ from ehi_bridge.exports.models import Export
 from ehi_bridge.outbox.models import OutboxItem
 from ehi_bridge.runtime import APPLIER_THREAD_NAME, Runtime, executor_threads
 from ehi_bridge.webhooks.models import InboxEvent
-from tests.integration.webhooks.helpers import store
+from tests.integration.webhooks.helpers import store, store_new_connections
 from tests.support import free_port, threads_of
 from tests.webhook_client import connection_success, envelope
 
 WAITING_EXPORTS = 40
+
+
+def _settings(db: Database, tmp_path: Path, **extra: Any) -> Settings:
+    """The runtime's settings on ``db``; Fasten's API is a loopback port nothing listens on."""
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=db.url,
+        data_dir=str(tmp_path / "data"),
+        fasten_api_url=f"http://127.0.0.1:{free_port()}/v1",
+        **extra,
+    )
 
 
 def _started(db: Database) -> int:
@@ -41,13 +53,11 @@ def _started(db: Database) -> int:
 def test_workflows_waiting_for_a_slot_hold_no_thread(db: Database, tmp_path: Path) -> None:
     """Forty export requests wait for Fasten's pace (one request per 100 s): they wait as
     coroutines on the workflow loop, not as forty blocked threads."""
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        database_url=db.url,
-        data_dir=str(tmp_path / "data"),
+    settings = _settings(
+        db,
+        tmp_path,
         test_public_id="public_test_rt",
         test_private_key="private_test_rt",
-        fasten_api_url=f"http://127.0.0.1:{free_port()}/v1",  # nothing listens
         fasten_requests_per_second=0.01,
         executor_id="runtime-test",
     )
@@ -95,13 +105,7 @@ def test_the_applier_keeps_its_priority_only_where_it_holds_the_write_gate(
     """Started niced (as serve's child starts it), the runtime lowers every thread's
     priority but the applier's on SQLite, where it holds the write gate; on PostgreSQL the
     applier is niced too. Started from a thread of its own: niceness is per thread."""
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        database_url=db.url,
-        data_dir=str(tmp_path / "data"),
-        fasten_api_url=f"http://127.0.0.1:{free_port()}/v1",
-        executor_id="nice-test",
-    )
+    settings = _settings(db, tmp_path, executor_id="nice-test")
     runtime = Runtime(settings, db, niceness=3)
     starter_nice: list[int] = []
 
@@ -123,28 +127,19 @@ def test_the_applier_keeps_its_priority_only_where_it_holds_the_write_gate(
         runtime.stop()
 
 
-def _backlog(db: Database, count: int, prefix: str) -> None:
-    events = [connection_success(f"{prefix}-{n}") for n in range(count)]
-    store(db, [envelope("patient.connection_success", data) for data in events])
-
-
 def test_the_applier_pauses_for_a_busy_receiver_on_both_databases(
     db: Database, tmp_path: Path
 ) -> None:
     """While deliveries arrive fast, a full batch leaves the applier a pause before its next
     write, on SQLite (its write lock) and on PostgreSQL (the CPU); none while they don't."""
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        database_url=db.url,
-        data_dir=str(tmp_path / "data"),
-        apply_batch_size=16,
-    )
+    settings = _settings(db, tmp_path, apply_batch_size=16)
     runtime = Runtime(settings, db)
-    _backlog(db, 64, "quiet")
+    store_new_connections(db, "quiet", 64)
     assert runtime.apply_once()  # a first look at the inbox: nothing to compare with
     assert runtime.apply_once()  # no new deliveries since
     assert runtime.next_write_at == 0.0
-    _backlog(db, 1000, "burst")  # a thousand deliveries since the last look, within seconds
+    # A thousand deliveries since the last look, within seconds.
+    store_new_connections(db, "burst", 1000)
     before = time.perf_counter()
     assert runtime.apply_once()
     assert runtime.next_write_at > before
@@ -167,14 +162,8 @@ def test_a_burst_of_failing_downloads_runs_on_a_bounded_set_of_threads(
     queued on 16 database connections. And on SQLite the launcher holds no write lock while
     the workflows start: with the threads bounded, starts that waited for a thread, whose
     calls waited for the launcher's lock, never finished."""
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        database_url=db.url,
-        data_dir=str(tmp_path / "data"),
-        fasten_api_url=f"http://127.0.0.1:{free_port()}/v1",  # never called: no credentials
-        auto_request_export=False,
-        executor_id="burst-test",
-    )
+    # No credentials: every download fails before any request.
+    settings = _settings(db, tmp_path, auto_request_export=False, executor_id="burst-test")
     events = []
     for n in range(FAILING_DOWNLOADS):
         org = f"org-burst-{n}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -9,6 +10,7 @@ import orjson
 from ehi_bridge.db.base import utcnow
 from ehi_bridge.db.engine import Database
 from ehi_bridge.webhooks.models import InboxEvent
+from tests.webhook_client import connection_success, envelope
 
 
 def inbox_row(event: dict[str, Any]) -> dict[str, Any]:
@@ -33,3 +35,11 @@ def inbox_row(event: dict[str, Any]) -> dict[str, Any]:
 def store(db: Database, events: list[dict[str, Any]]) -> None:
     with db.session() as session:
         session.execute(InboxEvent.__table__.insert(), [inbox_row(e) for e in events])
+
+
+def store_new_connections(
+    db: Database, prefix: str, count: int, date: datetime | None = None
+) -> None:
+    """``count`` ``patient.connection_success`` events, each of a connection of its own."""
+    events = [connection_success(f"{prefix}-{n}") for n in range(count)]
+    store(db, [envelope("patient.connection_success", data, date=date) for data in events])
