@@ -13,7 +13,7 @@ from ehi_bridge.db.base import Base, UTCDateTime
 class Connection(Base):
     __tablename__ = "connections"
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # our own id (uuid4 hex)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # a UUIDv7 in hex (db/ids.py)
     org_connection_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     external_id: Mapped[str | None] = mapped_column(String(255), index=True)
     api_mode: Mapped[str] = mapped_column(String(8))

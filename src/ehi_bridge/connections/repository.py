@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,11 +13,12 @@ from sqlalchemy.orm import Session
 from ehi_bridge.connections.models import Connection
 from ehi_bridge.db.base import utcnow
 from ehi_bridge.db.bulk import insert_rows
+from ehi_bridge.db.ids import time_ordered_id
 from ehi_bridge.db.plans import prefer_index_plans
 
 
 def new_connection_id() -> str:
-    return uuid.uuid4().hex
+    return time_ordered_id()
 
 
 def get(session: Session, connection_id: str) -> Connection | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Integer, MetaData, TypeDecorator
@@ -20,6 +20,9 @@ NAMING_CONVENTION = {
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit key.
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+
+
+_NO_OFFSET = timedelta(0)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -42,7 +45,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         # SQLAlchemy's own SQLite text form ("2026-12-04 23:24:35.000000"), made by the C
         # isoformat: its Python formatting cost as much per row as the insert itself.
         def to_sqlite_text(value: datetime | None) -> str | None:
-            if value is not None and value.tzinfo is UTC:  # utcnow(): no conversion
+            # Already UTC (utcnow(), or pydantic's own UTC tzinfo): no conversion.
+            if value is not None and (value.tzinfo is UTC or value.utcoffset() == _NO_OFFSET):
                 return value.isoformat(" ", "microseconds")[:-6]  # without "+00:00"
             utc = self.process_bind_param(value, dialect)
             return None if utc is None else utc.replace(tzinfo=None).isoformat(" ", "microseconds")

@@ -62,10 +62,18 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]
         return
     plan = _compile(table, conn.dialect)
     params: list[Any] = []
+    # The rows of one call share values (a batch's "now"): each is processed once.
+    processed: dict[tuple[int, Any], Any] = {}
     for row in rows:
         values = list(plan.values_of({**plan.defaults, **row}))
         for position, process in plan.processed:
-            if values[position] is not None:
-                values[position] = process(values[position])
+            value = values[position]
+            if value is None:
+                continue
+            key = (position, value)
+            done = processed.get(key, processed)
+            if done is processed:
+                done = processed[key] = process(value)
+            values[position] = done
         params.append(dict(zip(plan.columns, values, strict=True)) if plan.named else tuple(values))
     conn.exec_driver_sql(plan.sql, params)

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import insert, or_, select
+from sqlalchemy import Table, insert, or_, select
 from sqlalchemy.orm import Session
 
 from ehi_bridge.db.base import utcnow
 from ehi_bridge.exports.models import Export
 from ehi_bridge.exports.state import ExportStatus, transition
 from ehi_bridge.outbox import repository as outbox_repo
+
+EXPORTS = cast(Table, Export.__table__)
 
 
 def get(session: Session, export_id: int, *, for_update: bool = False) -> Export | None:
@@ -119,9 +122,15 @@ def create_requested(session: Session, connection_ids: Sequence[str], *, trigger
         }
         for connection_id in connection_ids
     ]
-    ids = list(
-        session.scalars(insert(Export).returning(Export.id, sort_by_parameter_order=True), rows)
+    # Matched by connection, not by position: RETURNING in the rows' order
+    # (sort_by_parameter_order) makes SQLite insert one row per statement.
+    inserted = session.connection().execute(
+        insert(EXPORTS).returning(EXPORTS.c.id, EXPORTS.c.connection_id), rows
     )
+    ids_of: dict[str, list[int]] = {}
+    for export_id, connection_id in inserted:
+        ids_of.setdefault(connection_id, []).append(export_id)
+    ids = [ids_of[connection_id].pop() for connection_id in connection_ids]
     outbox_repo.add(session, *(outbox_repo.request_export(export_id) for export_id in ids))
     return ids
 
