@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from ehi_bridge.connections.models import Connection
 from ehi_bridge.db.base import utcnow
-from ehi_bridge.db.bulk import insert_rows
+from ehi_bridge.db.bulk import ListStatement, insert_rows
 from ehi_bridge.db.ids import time_ordered_id
 from ehi_bridge.db.plans import prefer_index_plans
 
@@ -174,11 +174,12 @@ class LockedConnection:
 
 
 # Built once: the applier runs them for every batch, inside SQLite's write gate.
-_LOCK = (
+_LOCK = ListStatement(
     select(*(CONNECTIONS.c[name] for name in _LOCKED_COLUMNS))
     .where(CONNECTIONS.c.org_connection_id.in_(bindparam("org_ids", expanding=True)))
     .order_by(CONNECTIONS.c.org_connection_id)
-    .with_for_update()
+    .with_for_update(),
+    "org_ids",
 )
 # One lock per key, taken in the order of the (sorted) array: unnest emits it in order.
 _ADVISORY_LOCKS = text(
@@ -212,7 +213,7 @@ def lock_for_events(
     if session.get_bind().dialect.name != "sqlite":
         session.execute(_ADVISORY_LOCKS, {"keys": ordered})
     locked = {}
-    for row in session.execute(_LOCK, {"org_ids": ordered}):
+    for row in _LOCK.execute(session.connection(), ordered, {}):
         connection = LockedConnection(*row)
         connection.loaded = tuple(row)
         if connection.org_connection_id:

@@ -21,6 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from ehi_bridge.db.bulk import ListStatement
 from ehi_bridge.db.plans import prefer_index_plans
 from ehi_bridge.webhooks.models import HANDED_ON, InboxEvent, InboxStatus
 
@@ -77,8 +78,8 @@ def _due(
 # inside SQLite's write gate.
 _IDS: BindParameter[int] = bindparam("ids", expanding=True)
 _NOW: BindParameter[datetime] = bindparam("now", type_=INBOX.c.applied_at.type)
-_STILL_DUE = select(INBOX.c.id).where(INBOX.c.id.in_(_IDS), or_(*_due(_NOW)))
-_FINISH_APPLIED = (
+_STILL_DUE = ListStatement(select(INBOX.c.id).where(INBOX.c.id.in_(_IDS), or_(*_due(_NOW))), "ids")
+_FINISH_APPLIED = ListStatement(
     update(INBOX)
     .where(INBOX.c.id.in_(_IDS))
     .values(
@@ -87,16 +88,18 @@ _FINISH_APPLIED = (
         applied_at=_NOW,
         last_error=None,
         next_attempt_at=None,
-    )
+    ),
+    "ids",
 )
-_FINISH_IGNORED = (
+_FINISH_IGNORED = ListStatement(
     update(INBOX)
     .where(INBOX.c.id.in_(_IDS))
     .values(
         status=InboxStatus.IGNORED,
         applied_at=_NOW,
         next_attempt_at=None,
-    )
+    ),
+    "ids",
 )
 
 
@@ -125,7 +128,7 @@ def claim_due(session: Session, now: datetime, limit: int) -> list[PendingEvent]
 
 def still_due(session: Session, ids: Sequence[int], now: datetime) -> set[int]:
     """Which of ``ids`` are still due (read again inside the write transaction)."""
-    return set(session.scalars(_STILL_DUE, {"ids": list(ids), "now": now}))
+    return {row[0] for row in _STILL_DUE.execute(session.connection(), ids, {"now": now})}
 
 
 def finish(
@@ -133,9 +136,9 @@ def finish(
 ) -> None:
     """Mark claimed rows done, one statement per outcome."""
     if applied:
-        session.execute(_FINISH_APPLIED, {"ids": list(applied), "now": now})
+        _FINISH_APPLIED.execute(session.connection(), applied, {"now": now})
     if ignored:
-        session.execute(_FINISH_IGNORED, {"ids": list(ignored), "now": now})
+        _FINISH_IGNORED.execute(session.connection(), ignored, {"now": now})
 
 
 @dataclass(frozen=True, slots=True)

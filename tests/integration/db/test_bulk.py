@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select, update
 
 from ehi_bridge.connections.repository import CONNECTIONS
-from ehi_bridge.db.bulk import insert_rows
+from ehi_bridge.db.bulk import ListStatement, insert_rows
 from ehi_bridge.db.engine import Database
 
 
@@ -44,3 +44,46 @@ def test_rows_read_back_as_sqlalchemys_insert_writes_them(db: Database) -> None:
         }
     assert rows["bulk-1"]["status_changed_at"] == elsewhere  # the same moment, read as UTC
     assert rows["bulk-2"]["external_id"] == "user-2"
+
+
+def test_a_list_statement_reads_and_writes_what_sqlalchemys_own_execution_does(
+    db: Database,
+) -> None:
+    at = datetime(2026, 12, 5, 4, 0, 0, 250, tzinfo=UTC)
+    later = datetime(2026, 12, 5, 9, 30, tzinfo=timezone(timedelta(hours=5)))
+    rows = [
+        {"id": f"list-{n}", "org_connection_id": f"org-{n}", "api_mode": "test"}
+        | {"status": "pending", "created_at": at, "updated_at": at}
+        | ({"status_changed_at": later, "external_id": "user"} if n % 2 else {})
+        for n in range(5)
+    ]
+    with db.session() as session:
+        insert_rows(session.connection(), CONNECTIONS, rows)
+    org_ids = bindparam("org_ids", expanding=True)
+    query = select(CONNECTIONS).where(CONNECTIONS.c.org_connection_id.in_(org_ids))
+    wanted = ["org-1", "org-3", "org-4", "org-missing"]
+    mark = (
+        update(CONNECTIONS)
+        .where(CONNECTIONS.c.org_connection_id.in_(org_ids))
+        .values(
+            status="authorized", updated_at=bindparam("now", type_=CONNECTIONS.c.updated_at.type)
+        )
+    )
+    with db.session() as session:
+        ours = ListStatement(query.order_by(CONNECTIONS.c.id), "org_ids").execute(
+            session.connection(), wanted, {}
+        )
+        theirs = session.execute(query.order_by(CONNECTIONS.c.id), {"org_ids": wanted}).all()
+        assert ours == [tuple(row) for row in theirs]
+        assert [row[0] for row in ours] == ["list-1", "list-3", "list-4"]
+        assert ListStatement(query, "org_ids").execute(session.connection(), [], {}) == []
+        ListStatement(mark, "org_ids").execute(
+            session.connection(), ["org-0", "org-2"], {"now": later}
+        )
+    with db.read_session() as session:
+        stored = {row.id: row for row in session.execute(select(CONNECTIONS))}
+    assert [stored[f"list-{n}"].status for n in range(5)] == [
+        "authorized", "pending", "authorized", "pending", "pending"
+    ]  # fmt: skip
+    assert stored["list-0"].updated_at == later  # the same moment, read back as UTC
+    assert stored["list-1"].status_changed_at == later
