@@ -1,10 +1,10 @@
 """Statements of the hot path run closer to the driver: whole-row INSERTs of many rows
 through one ``executemany``, and statements over a list of values (``ListStatement``).
 
-For the hot path (the event applier, inside SQLite's write gate): the statement is compiled
-once per table and dialect, and each value goes through its column's bind processor, which
-is what SQLAlchemy does per row, without its per-statement work (cache key, compilation
-lookup, parameter construction) that cost as much as the SQL itself.
+For the hot path (the event applier, inside SQLite's write gate). ``insert_rows``: the
+statement is compiled once per table and dialect, and each value goes through its column's
+bind processor, which is what SQLAlchemy does per row, without its per-statement work (cache
+key, compilation lookup, parameter construction) that cost as much as the SQL itself.
 """
 
 from __future__ import annotations
@@ -104,9 +104,9 @@ class ListStatement:
     def __init__(self, statement: Select[Any] | Update, list_name: str) -> None:
         self.statement = statement
         self._list_name = list_name
-        self._plan: _ListPlan | None = None
+        self._plan: _ListPlan | None = None  # SQLite's: the only dialect run this way
 
-    def _compile(self, dialect: Dialect) -> _ListPlan:
+    def _sqlite_plan(self, dialect: Dialect) -> _ListPlan:
         if self._plan is None:
             compiled = self.statement.compile(dialect=dialect)
             order = tuple(compiled.positiontup or ())
@@ -141,7 +141,7 @@ class ListStatement:
         if conn.dialect.name != "sqlite":
             result = conn.execute(self.statement, {self._list_name: list(values), **params})
             return list(result.tuples()) if result.returns_rows else []
-        plan = self._compile(conn.dialect)
+        plan = self._sqlite_plan(conn.dialect)
         flat: list[Any] = []
         for name in plan.order:
             if name == self._list_name:
