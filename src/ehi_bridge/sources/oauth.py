@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import secrets
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from authlib.common.security import generate_token
-from authlib.integrations.httpx_client import OAuth2Client, OAuthError
 from authlib.oauth2.rfc7523 import PrivateKeyJWT
 from authlib.oauth2.rfc7523.assertion import private_key_jwt_sign
 
 from ehi_bridge.sources.crypto import SigningKey
 from ehi_bridge.sources.definitions import Platform, TokenAuth
+
+with warnings.catch_warnings():
+    # authlib 1.9 prefers the httpx2 package and warns, on every start of the service, when
+    # it falls back to httpx. The service is built on httpx (its clients, errors and test
+    # transports) and the lock pins authlib, so the fallback is deliberate here.
+    warnings.filterwarnings("ignore", message="The httpx module is deprecated")
+    from authlib.integrations.httpx_client import OAuth2Client, OAuthError
 
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 ASSERTION_LIFETIME_SECONDS = 240  # SMART asks for at most 5 minutes

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import subprocess
+import sys
 import time
 from urllib.parse import parse_qs, urlsplit
 
@@ -91,3 +93,15 @@ def test_token_errors_are_named() -> None:
     else:  # pragma: no cover
         raise AssertionError("refused refresh not raised")
     assert json.loads(json.dumps({"ok": True}))
+
+
+def test_starting_the_service_prints_no_warning_from_authlib() -> None:
+    """authlib warns on import that it falls back to httpx; the service's start-up (which
+    imports the SMART sources) must not print that to every user's terminal."""
+    started = subprocess.run(
+        [sys.executable, "-c", "import ehi_bridge.runtime"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert started.stderr == ""
