@@ -15,9 +15,12 @@ module, computes sha256 and inserts (type, id, hash, bytes) into SQLite (WAL,
 ``synchronous=FULL``, 5,000 rows a commit). ``--cli`` times ``ehi-bridge import`` as a user
 runs it (a subprocess on an already migrated database; its whole wall time less the
 interpreter's start-up, itself measured as ``python -c pass``), with its peak RSS (the larger
-of the command's process and its parser process). ``--formats bundle`` ingests the same
-resources as one single-line searchset Bundle whose ``resourceType`` is its last key
-(``bundle-first``: its first key).
+of the command's process and its parser process), and beside it the *writer alone*: the
+import's own write path (``ResourceWriter`` through ``_write_batch``, 500-row chunks, 5,000
+rows a commit, its WAL checkpoint thread) fed rows parsed beforehand, untimed, in a fresh
+process on a migrated database. No import can be faster than its writer alone.
+``--formats bundle`` ingests the same resources as one single-line searchset Bundle whose
+``resourceType`` is its last key (``bundle-first``: its first key).
 
 PostgreSQL: ``--pg-url`` (default postgresql://postgres@127.0.0.1:5432/postgres); a
 throwaway database is created and dropped per run.
@@ -186,18 +189,102 @@ def cli_child(url: str, file: Path) -> None:
     )
 
 
-def run_cli(file: Path, args: argparse.Namespace, workdir: Path, start: float) -> dict[str, float]:
-    db_path = workdir / f"cli-{uuid.uuid4().hex[:8]}.sqlite3"
+def writer_alone_child(url: str, file: Path) -> None:
+    """Runs in a fresh process: the rows of ``file`` (NDJSON) parsed first, untimed, then
+    written by the import's own write path, timed; prints resources/s."""
+    from ehi_bridge.connections.repository import ensure_manual_connection
+    from ehi_bridge.db.base import utcnow
+    from ehi_bridge.db.engine import Database
+    from ehi_bridge.records.ingest import _Counts, _write_batch
+    from ehi_bridge.records.ndjson import ParsedResource, parse_line
+    from ehi_bridge.records.writer import ResourceWriter
+
+    db = Database(url)
+    with db.session() as session:
+        connection_id = ensure_manual_connection(session, "bench").id
+    records = []
+    with file.open("rb") as f:
+        for number, line in enumerate(f, 1):
+            item = parse_line(line.rstrip(b"\r\n"), number)
+            assert isinstance(item, ParsedResource)
+            records.append(
+                (
+                    item.resource_type,
+                    item.resource_id,
+                    item.raw,
+                    item.content_hash,
+                    item.last_updated,
+                    item.patient_ref,
+                    False,
+                    item.line_number,
+                    item.entry_meta,
+                )
+            )
+    os.sync()
+    counts = _Counts()
+    run_at = utcnow()
+    with db.engine.connect() as conn:
+        writer = ResourceWriter(conn)
+        with conn.begin():
+            writer.prepare()
+        run_at_bound = writer.bind_time(run_at)
+        started = time.perf_counter()
+        for batch in range(0, len(records), 5000):
+            with conn.begin():
+                for chunk in range(batch, min(batch + 5000, len(records)), 500):
+                    _write_batch(
+                        writer,
+                        records[chunk : min(chunk + 500, batch + 5000)],
+                        connection_id=connection_id,
+                        export_id=None,
+                        run_at=run_at,
+                        run_at_bound=run_at_bound,
+                        fresh=True,
+                        counts=counts,
+                    )
+            writer.committed()
+        with conn.begin():
+            writer.release()
+        elapsed = time.perf_counter() - started
+    db.dispose()
+    assert counts.inserted == len(records), counts.inserted
+    print(json.dumps({"resources": len(records), "seconds": elapsed}))
+
+
+def _migrated_sqlite(workdir: Path, prefix: str) -> tuple[Path, str, dict[str, str]]:
+    db_path = workdir / f"{prefix}-{uuid.uuid4().hex[:8]}.sqlite3"
     url = f"sqlite:///{db_path}"
+    env = {**os.environ, "EHI_DATABASE_URL": url, "EHI_LOG_LEVEL": "WARNING"}
+    subprocess.run(
+        [sys.executable, "-m", "ehi_bridge", "db", "upgrade"],
+        check=True,
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+    )
+    return db_path, url, env
+
+
+def _remove_sqlite(db_path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db_path) + suffix).unlink(missing_ok=True)
+
+
+def run_writer_alone(ndjson: Path, workdir: Path) -> dict[str, float]:
+    db_path, url, env = _migrated_sqlite(workdir, "writer")
     try:
-        env = {**os.environ, "EHI_DATABASE_URL": url, "EHI_LOG_LEVEL": "WARNING"}
-        subprocess.run(
-            [sys.executable, "-m", "ehi_bridge", "db", "upgrade"],
-            check=True,
-            env=env,
-            cwd=REPO,
-            capture_output=True,
-        )
+        cmd = [sys.executable, __file__, "--writer-alone-child", url, str(ndjson)]
+        out = subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=REPO)
+        result: dict[str, float] = json.loads(out.stdout.decode().strip().splitlines()[-1])
+        result["rate"] = result["resources"] / result["seconds"]
+        return result
+    finally:
+        _remove_sqlite(db_path)
+
+
+def run_cli(file: Path, args: argparse.Namespace, workdir: Path, start: float) -> dict[str, float]:
+    db_path, url, env = _migrated_sqlite(workdir, "cli")
+    try:
         os.sync()
         cmd = [sys.executable, __file__, "--cli-child", url, str(file)]
         out = subprocess.run(cmd, check=True, capture_output=True, env=env, cwd=REPO)
@@ -206,8 +293,7 @@ def run_cli(file: Path, args: argparse.Namespace, workdir: Path, start: float) -
         result["rate"] = result["resources"] / result["seconds"]
         return result
     finally:
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(db_path) + suffix).unlink(missing_ok=True)
+        _remove_sqlite(db_path)
 
 
 def main_cli(args: argparse.Namespace) -> None:
@@ -233,12 +319,17 @@ def main_cli(args: argparse.Namespace) -> None:
                 # to a third with the writeback of the previous phase).
                 os.sync()
                 base = floor(ndjson, args.workdir)
+                os.sync()
+                alone = run_writer_alone(ndjson, args.workdir)
+                os.sync()
                 got = run_cli(file, args, args.workdir, start)
                 assert got["resources"] == size and got["errors"] == 0, got
                 ratio = got["rate"] / base["rate"]
-                rows.append((fmt, size, file.stat().st_size, base, got, ratio))
+                rows.append((fmt, size, file.stat().st_size, base, alone, got, ratio))
                 print(
-                    f"{fmt:7} {size:>9,} floor {base['rate']:>9,.0f}/s  import "
+                    f"{fmt:7} {size:>9,} floor {base['rate']:>9,.0f}/s  writer alone "
+                    f"{alone['rate']:>9,.0f}/s ({alone['seconds']:.2f}s) = "
+                    f"{alone['rate'] / base['rate']:.2f}x floor  import "
                     f"{got['rate']:>9,.0f}/s ({got['seconds']:.2f}s) = {ratio:.2f}x floor, "
                     f"peak RSS {got['peak_rss_mb']:.0f} MB (parser {got['parser_rss_mb']:.0f})",
                     file=sys.stderr,
@@ -246,12 +337,14 @@ def main_cli(args: argparse.Namespace) -> None:
                 )
     print()
     print(
-        "| format | resources | file MB | floor /s | import s | import /s | x floor | peak RSS MB |"
+        "| format | resources | file MB | floor /s | writer alone /s | x floor | import s "
+        "| import /s | x floor | peak RSS MB |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for fmt, size, nbytes, base, got, ratio in rows:
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for fmt, size, nbytes, base, alone, got, ratio in rows:
         print(
             f"| {fmt} | {size:,} | {nbytes / 1e6:,.0f} | {base['rate']:,.0f} | "
+            f"{alone['rate']:,.0f} | {alone['rate'] / base['rate']:.2f} | "
             f"{got['seconds']:.2f} | {got['rate']:,.0f} | {ratio:.2f} | {got['peak_rss_mb']:.0f} |"
         )
 
@@ -373,7 +466,13 @@ def main() -> None:
     )
     parser.add_argument("--child", nargs=2, metavar=("URL", "FILE"), help=argparse.SUPPRESS)
     parser.add_argument("--cli-child", nargs=2, metavar=("URL", "FILE"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--writer-alone-child", nargs=2, metavar=("URL", "FILE"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
+    if args.writer_alone_child:
+        writer_alone_child(args.writer_alone_child[0], Path(args.writer_alone_child[1]))
+        return
     if args.child:
         child(args.child[0], Path(args.child[1]), args.batch_rows)
         return
