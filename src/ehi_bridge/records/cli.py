@@ -74,14 +74,18 @@ def import_command(
     Exit status: 0 complete, 2 partial (rejected lines or counts that differ), 3 every line
     stored but some keys repeat with different content (each version is kept).
     """
-    from ehi_bridge.config import Settings
-    from ehi_bridge.records.parser_process import start_parsing, stop_ready_parser
+    from ehi_bridge.records.parser_process import (
+        QUARANTINE_BYTES,
+        start_parsing,
+        stop_ready_parser,
+    )
 
     refuse_unreadable_input(file)
-    settings = Settings()
     # The parser process starts on the file now and parses ahead while this process
-    # imports the database layer below (a few hundred ms on the other core).
-    start_parsing(file, quarantine_bytes=settings.quarantine_max_bytes)
+    # imports its settings and the database layer below (a few hundred ms on the other
+    # core). It is told the default quarantine cut: should the settings name another, the
+    # ingest discards it and starts one with theirs.
+    start_parsing(file, quarantine_bytes=QUARANTINE_BYTES)
     try:
         import orjson
         from rich.console import Console
@@ -93,12 +97,14 @@ def import_command(
             TransferSpeedColumn,
         )
 
+        from ehi_bridge.config import Settings
         from ehi_bridge.connections.repository import ensure_manual_connection
         from ehi_bridge.db.engine import Database
         from ehi_bridge.db.revision import schema_is_current
         from ehi_bridge.logging import configure_logging
         from ehi_bridge.records.ingest import ingest_file
 
+        settings = Settings()
         configure_logging(quiet_log_level(settings), settings.log_json)  # logs go to stderr
         url = settings.resolved_database_url
         db = Database(url)

@@ -358,6 +358,36 @@ def test_5_rejected_lines_are_kept_with_their_bytes_and_never_erased(
     assert "truncated: first 1000 kept" in text
 
 
+def test_5_the_import_command_cuts_rejected_lines_at_the_configured_size(
+    db: Database, database_url: str, tmp_path: Path
+) -> None:
+    """`ehi-bridge import` starts its parser before it reads its settings (with the default
+    cut); a configured cut must still be the one applied."""
+    invalid = b'{"resourceType":"Binary","id":"cut","data":"' + b"QUJD" * 100
+    path = write_lines(tmp_path / "cut.ndjson", [_repeat_lines()[0], invalid])
+    env = {
+        **os.environ,
+        "EHI_DATABASE_URL": database_url,
+        "EHI_DATA_DIR": str(tmp_path),
+        "EHI_QUARANTINE_MAX_BYTES": "20",
+    }
+    done = subprocess.run(
+        ehi_command("import", str(path), "--connection", "cut-size", "--json"),
+        env=env,
+        capture_output=True,
+        cwd=REPO_ROOT,
+        timeout=180,
+    )
+    assert done.returncode == 2, done.stderr.decode()
+    with db.read_session() as session:
+        found = find(session, "cut-size")
+        assert found is not None
+        rejected = list_errors(session, found.id, kind="rejected")
+    assert [(e.line_number, bytes(e.raw or b""), e.raw_size, e.truncated) for e in rejected] == [
+        (2, invalid[:20], len(invalid), True)
+    ]
+
+
 def test_5_reingest_stores_what_now_parses_and_says_why_not_for_the_rest(
     db: Database, database_url: str, tmp_path: Path
 ) -> None:
