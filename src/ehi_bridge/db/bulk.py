@@ -63,19 +63,19 @@ def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]
         return
     plan = _compile(table, conn.dialect)
     params: list[Any] = []
-    # The rows of one call share values (a batch's "now"): each is processed once.
-    processed: dict[tuple[int, Any], Any] = {}
+    # The rows of one call share values (a batch's "now"): a column's value equal to the
+    # previous row's is not processed again. Comparing works for any value, hashable or not.
+    previous: dict[int, tuple[Any, Any]] = {}  # position → (value, processed value)
     for row in rows:
         values = list(plan.values_of({**plan.defaults, **row}))
         for position, process in plan.processed:
             value = values[position]
             if value is None:
                 continue
-            key = (position, value)
-            done = processed.get(key, processed)
-            if done is processed:
-                done = processed[key] = process(value)
-            values[position] = done
+            last = previous.get(position)
+            if last is None or last[0] != value:
+                last = previous[position] = (value, process(value))
+            values[position] = last[1]
         params.append(dict(zip(plan.columns, values, strict=True)) if plan.named else tuple(values))
     conn.exec_driver_sql(plan.sql, params)
 

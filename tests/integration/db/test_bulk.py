@@ -18,6 +18,8 @@ def test_rows_read_back_as_sqlalchemys_insert_writes_them(db: Database) -> None:
     ours = [
         {**base, "id": "bulk-1", "org_connection_id": "org-1", "status_changed_at": elsewhere},
         {**base, "id": "bulk-2", "org_connection_id": "org-2", "external_id": "user-2"},
+        # A value that differs from the row before's: processed anew, not reused.
+        {**base, "id": "bulk-3", "org_connection_id": "org-3", "created_at": elsewhere},
     ]
     # SQLAlchemy's executemany wants the same keys in every row; ours does not.
     same_keys = {"status_changed_at": None, "external_id": None}
@@ -44,6 +46,7 @@ def test_rows_read_back_as_sqlalchemys_insert_writes_them(db: Database) -> None:
         }
     assert rows["bulk-1"]["status_changed_at"] == elsewhere  # the same moment, read as UTC
     assert rows["bulk-2"]["external_id"] == "user-2"
+    assert rows["bulk-3"]["created_at"] == elsewhere
 
 
 def test_a_list_statement_reads_and_writes_what_sqlalchemys_own_execution_does(
