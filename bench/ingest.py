@@ -16,9 +16,10 @@ module, computes sha256 and inserts (type, id, hash, bytes) into SQLite (WAL,
 runs it (a subprocess on an already migrated database; its whole wall time less the
 interpreter's start-up, itself measured as ``python -c pass``), with its peak RSS (the larger
 of the command's process and its parser process), and beside it the *writer alone*: the
-import's own write path (``ResourceWriter`` through ``_write_batch``, 500-row chunks, 5,000
-rows a commit, its WAL checkpoint thread) fed rows parsed beforehand, untimed, in a fresh
-process on a migrated database. No import can be faster than its writer alone.
+import's own write path (``ResourceWriter`` through ``_write_batch``, in the import's chunks
+and commits of 500 and 5,000 rows, its WAL checkpoint thread) fed rows parsed beforehand,
+untimed, in a fresh process on a migrated database. No import can be faster than its writer
+alone.
 ``--formats bundle`` ingests the same resources as one single-line searchset Bundle whose
 ``resourceType`` is its last key (``bundle-first``: its first key).
 
@@ -197,6 +198,7 @@ def writer_alone_child(url: str, file: Path) -> None:
     from ehi_bridge.db.engine import Database
     from ehi_bridge.records.ingest import _Counts, _write_batch
     from ehi_bridge.records.ndjson import ParsedResource, parse_line
+    from ehi_bridge.records.parser_process import BATCH_ROWS, CHUNK_ROWS
     from ehi_bridge.records.writer import ResourceWriter
 
     db = Database(url)
@@ -229,12 +231,12 @@ def writer_alone_child(url: str, file: Path) -> None:
             writer.prepare()
         run_at_bound = writer.bind_time(run_at)
         started = time.perf_counter()
-        for batch in range(0, len(records), 5000):
+        for batch in range(0, len(records), BATCH_ROWS):
             with conn.begin():
-                for chunk in range(batch, min(batch + 5000, len(records)), 500):
+                for chunk in range(batch, min(batch + BATCH_ROWS, len(records)), CHUNK_ROWS):
                     _write_batch(
                         writer,
-                        records[chunk : min(chunk + 500, batch + 5000)],
+                        records[chunk : chunk + CHUNK_ROWS],
                         connection_id=connection_id,
                         export_id=None,
                         run_at=run_at,
